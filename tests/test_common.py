@@ -1,0 +1,483 @@
+"""Unit tests of common.py: metrics and losses against hand-computed values, the trainer's
+guarantees (seeds, traced learning rates, resume, divergence), datasets and their formats."""
+
+import gzip
+import io
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import common as C
+
+# ---------------------------------------------------------------------------------------------
+# Rank metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def paper_stub_rank(feature_matrix, rank_delta=0.01):
+    """The paper's Appendix A.11 code, verbatim in numpy, as the reference."""
+    sing_values = np.linalg.svd(feature_matrix, compute_uv=False)
+    cumsum = np.cumsum(sing_values)
+    nuclear_norm = np.sum(sing_values)
+    approximate_rank_threshold = 1.0 - rank_delta
+    threshold_crossed = cumsum >= approximate_rank_threshold * nuclear_norm
+    return sing_values.shape[0] - np.sum(threshold_crossed) + 1
+
+
+@pytest.mark.parametrize(
+    "matrix, expected",
+    [
+        (np.eye(4), 4),  # equal singular values: all needed
+        (np.diag([10.0, 1.0, 0.0, 0.0]), 2),  # 10 < 0.99 * 11 <= 11
+        (np.diag([100.0, 1.0, 0.0]), 1),  # 100 >= 0.99 * 101
+        (np.zeros((5, 3)), 1),  # the stub's edge case: an all-zero matrix has rank 1
+        (np.outer(np.arange(1, 6), np.ones(4)), 1),  # rank one
+    ],
+)
+def test_effective_rank_hand_cases(matrix, expected):
+    assert int(C.effective_rank(jnp.asarray(matrix, jnp.float32))) == expected
+    assert paper_stub_rank(matrix) == expected
+
+
+def test_effective_rank_matches_paper_stub_on_random_matrices():
+    rng = np.random.default_rng(0)
+    for delta in (0.01, 0.1):
+        for shape in ((512, 64), (32, 128), (64, 64)):
+            # Low-rank-ish features with a decaying spectrum, so the threshold falls mid-spectrum.
+            x = rng.normal(size=shape) @ np.diag(np.exp(-np.arange(shape[1]) / 8.0))
+            assert int(C.effective_rank(jnp.asarray(x, jnp.float32), delta)) == paper_stub_rank(x, delta)
+
+
+def test_effective_rank_jits_and_vmaps():
+    x = jnp.stack([jnp.eye(8), jnp.zeros((8, 8)), jnp.diag(jnp.array([1.0] + [0.0] * 7))])
+    assert jax.jit(jax.vmap(C.effective_rank))(x).tolist() == [8, 1, 1]
+
+
+def test_dead_units_and_dormant_fraction():
+    features = jnp.array([[0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 2.0], [0.0, 3.0, 0.001, 2.0]])
+    assert int(C.dead_units(features)) == 1  # column 2 fires once (0.001), so only column 0 is dead
+    assert int(C.dead_units(features.at[2, 2].set(0.0))) == 2
+    # Unit scores: mean |a| = [0, 4/3, 1/3000, 2]; layer mean = (4/3 + 1/3000 + 2) / 4 ~ 0.8334.
+    # Normalised: [0, 1.6, 0.0004, 2.4]: two units <= 0.025.
+    assert float(C.dormant_fraction(features, 0.025)) == pytest.approx(0.5)
+    assert float(C.dormant_fraction(jnp.zeros((4, 3)))) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+
+
+def test_td_errors_hand_computed():
+    q_tm1 = jnp.array([[1.0, 2.0], [0.5, -1.0]])
+    a_tm1 = jnp.array([1, 0])
+    r_t = jnp.array([1.0, -1.0])
+    discount_t = jnp.array([0.5, 0.0])
+    q_t_value = jnp.array([[10.0, 20.0], [7.0, 9.0]])
+    q_t_selector = jnp.array([[5.0, 1.0], [0.0, 1.0]])
+    # Row 0: a* = 0, target = 1 + 0.5 * 10 = 6, error = 6 - 2 = 4. Row 1: terminal, -1 - 0.5.
+    np.testing.assert_allclose(C.double_q_td_error(q_tm1, a_tm1, r_t, discount_t, q_t_value, q_t_selector), [4.0, -1.5])
+    # SARSA on the logged next action: row 0 target = 1 + 0.5 * q_t[1] = 11, error 9.
+    np.testing.assert_allclose(C.sarsa_td_error(q_tm1, a_tm1, r_t, discount_t, q_t_value, jnp.array([1, 0])), [9.0, -1.5])
+    np.testing.assert_allclose(C.mc_return_error(q_tm1, a_tm1, jnp.array([5.0, 0.0])), [3.0, -0.5])
+    np.testing.assert_allclose(C.huber(jnp.array([0.5, -2.0, 3.0])), [0.125, 1.5, 2.5])
+
+
+def test_bc_loss_hand_computed():
+    assert float(C.bc_loss(jnp.zeros((3, 2)), jnp.array([0, 1, 0]))) == pytest.approx(math.log(2.0))
+    logits = jnp.array([[math.log(3.0), 0.0]])  # p = [3/4, 1/4]
+    assert float(C.bc_loss(logits, jnp.array([1]))) == pytest.approx(math.log(4.0))
+
+
+def _tiny_batch(key, n=16, obs_dim=5, num_actions=3):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return C.Batch(obs=jax.random.normal(k1, (n, obs_dim)), action=jax.random.randint(k2, (n,), 0, num_actions),
+                   reward=jax.random.normal(k3, (n,)), discount=jnp.ones(n), next_obs=jax.random.normal(k4, (n, obs_dim)),
+                   next_action=jnp.zeros(n, jnp.int32), mc_return=jnp.ones(n))
+
+
+@pytest.mark.parametrize("kind", ["double_dqn", "bve"])
+def test_gradients_reach_only_the_online_network(kind):
+    net = C.MLP(3, (8,))
+    k_online, k_target, k_batch = jax.random.split(jax.random.key(0), 3)
+    batch = _tiny_batch(k_batch)
+    online, target = net.init(k_online, batch.obs), net.init(k_target, batch.obs)
+    g_online, g_target = jax.grad(lambda p, t: C.agent_loss(kind, net.apply, p, t, batch, 0.99)[0], argnums=(0, 1))(online, target)
+    assert all(float(jnp.abs(g).sum()) == 0.0 for g in jax.tree_util.tree_leaves(g_target))
+    assert sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(g_online)) > 0
+
+
+def test_unknown_loss_and_activation_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown loss"):
+        C.agent_loss("nope", None, None, None, None, 0.9)
+    with pytest.raises(ValueError, match="unknown activation"):
+        C.activation_fn("sigmoidish")
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "net, obs_shape, feat",
+    [
+        (C.MLP(3, (64, 64)), (10, 5), 64),
+        (C.MLP(3, (32, 16), "elu", "he"), (1, 6), 16),
+        (C.MinAtarCNN(6), (10, 10, 4), 128),
+        (C.NatureCNN(4), (4, 84, 84), 512),
+        (C.RecurrentQNetwork(2, 16, "relu"), (7, 1, 3), 16),
+    ],
+)
+def test_networks_return_q_and_penultimate_features(net, obs_shape, feat):
+    obs = jnp.ones((2, *obs_shape), jnp.uint8 if isinstance(net, C.NatureCNN) else jnp.float32)
+    params = net.init(jax.random.key(0), obs)
+    q, features = net.apply(params, obs)
+    assert q.shape == (2, net.num_actions) and features.shape == (2, feat)
+
+
+def test_recurrent_cell_activation_changes_the_features():
+    obs = jax.random.normal(jax.random.key(1), (4, 6, 3))
+    tanh_net, relu_net = C.RecurrentQNetwork(2, 8, "tanh"), C.RecurrentQNetwork(2, 8, "relu")
+    params = tanh_net.init(jax.random.key(0), obs)  # same parameter shapes for both
+    _, f_tanh = tanh_net.apply(params, obs)
+    _, f_relu = relu_net.apply(params, obs)
+    assert float(jnp.max(jnp.abs(f_tanh))) < 1.0 and not np.allclose(f_tanh, f_relu)
+
+
+def test_mlp_exposes_every_hidden_layer():
+    net = C.MLP(2, (8, 8, 8))
+    obs = jnp.ones((3, 4))
+    _, state = net.apply(net.init(jax.random.key(0), obs), obs, mutable=["intermediates"])
+    assert sorted(state["intermediates"]) == ["features_0", "features_1", "features_2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Environments
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_env_id_names_the_id_and_families():
+    for bad in ("bsuite/catchh", "gym/CartPole-v1", "atari/NotAGame", "minatar"):
+        with pytest.raises(ValueError) as e:
+            C.make_env(bad, 1, 0)
+        assert bad in str(e.value) and "bsuite/" in str(e.value) and "minatar/" in str(e.value) and "atari/" in str(e.value)
+
+
+@pytest.mark.parametrize("env_id", ["bsuite/catch", "bsuite/cartpole", "bsuite/mountain_car", "bsuite/memory_len",
+                                    "minatar/breakout", "minatar/asterix", "atari/Pong"])
+def test_make_env_batched_interface(env_id):
+    env = C.make_env(env_id, 3, seed=0)
+    obs = env.reset()
+    assert obs.shape == (3, *env.obs_shape) and env.num_actions >= 2
+    for _ in range(5):
+        obs, reward, terminated, truncated = env.step(np.zeros(3, np.int32))
+        assert obs.shape == (3, *env.obs_shape) and reward.shape == terminated.shape == truncated.shape == (3,)
+    env.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+
+
+def _toy_dataset(history=1, rows=64, num_actions=3, seed=0):
+    rng = np.random.default_rng(seed)
+    terminal = (np.arange(rows) % 8 == 7).astype(np.float32)
+    obs = rng.normal(size=(rows, 4)).astype(np.float32)
+    action = rng.integers(num_actions, size=rows)
+    reward = (action == (obs[:, 0] > 0)).astype(np.float32)  # a learnable reward
+    return C.make_dataset(obs, action, reward, terminal, np.arange(rows - 1), num_actions, history)
+
+
+def test_batch_gathers_next_rows_and_stacks_history_with_padding():
+    # Two episodes of 3 steps with history 3: each is preceded by 2 zero rows.
+    frames = np.array([0, 0, 1, 2, 3, 0, 0, 4, 5, 6], np.float32)[:, None]
+    terminal = np.array([0, 0, 0, 0, 1, 0, 0, 0, 0, 1], np.float32)
+    ds = C.make_dataset(frames, np.arange(10), np.ones(10), terminal, [2, 3, 4, 7, 8, 9], 10, history=3)
+    b = ds.batch(jnp.array([2, 4, 7]))
+    np.testing.assert_array_equal(b.obs[..., 0], [[0, 0, 1], [1, 2, 3], [0, 0, 4]])
+    np.testing.assert_array_equal(b.next_obs[..., 0][0], [0, 1, 2])
+    np.testing.assert_array_equal(b.discount, [1, 0, 1])
+    np.testing.assert_array_equal(b.next_action, [3, 5, 8])
+    # Discounted returns to go: episode 1 rewards 1,1,1 with gamma 0.99 from row 2.
+    assert float(b.mc_return[0]) == pytest.approx(1 + 0.99 + 0.99**2)
+
+
+def test_subsample_is_a_seeded_uniform_subset():
+    ds = _toy_dataset()
+    a, b = C.subsample(ds, 0.25, seed=3), C.subsample(ds, 0.25, seed=3)
+    assert len(a) == round(0.25 * len(ds)) and np.array_equal(a.valid, b.valid)
+    assert set(np.asarray(a.valid)) <= set(np.asarray(ds.valid))
+    assert not np.array_equal(a.valid, C.subsample(ds, 0.25, seed=4).valid)
+
+
+def test_collect_dataset_is_deterministic_and_cached(tmp_path, monkeypatch):
+    cfg = C.CollectConfig(num_envs=4, learning_starts=64, target_update_period=10)
+    a = C.collect_dataset("bsuite/catch", 0.3, 400, seed=1, cfg=cfg, data_dir=tmp_path, progress=False)
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and not any(p.name.startswith(".") for p in files)  # atomic: no temp left
+    fresh = C.collect_dataset("bsuite/catch", 0.3, 400, seed=1, cfg=cfg, data_dir=tmp_path / "other", progress=False)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(fresh)):
+        np.testing.assert_array_equal(x, y)
+    monkeypatch.setattr(C, "_collect", lambda *a, **k: pytest.fail("the cache was not reused"))
+    cached = C.collect_dataset("bsuite/catch", 0.3, 400, seed=1, cfg=cfg, data_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(cached.obs, a.obs)
+    assert a.obs.shape[0] == 400 and len(a) <= 400 and a.num_actions == 3
+    # Catch episodes last 9 steps and always terminate: every row but a stream's unfinished tail is valid.
+    assert len(a) >= 400 - 4 * 9
+
+
+def test_collect_dataset_pads_episodes_for_histories(tmp_path):
+    cfg = C.CollectConfig(num_envs=2, learning_starts=10_000)
+    ds = C.collect_dataset("bsuite/memory_len", 0.0, 60, seed=0, history=C.MEMORY_LENGTH + 1, cfg=cfg,
+                           data_dir=tmp_path, progress=False)
+    valid = np.asarray(ds.valid)
+    # Each stream starts with MEMORY_LENGTH padding rows, so the first sampleable row is row 10, and
+    # its history is that padding followed by the episode's first observation (time-to-go 1.0).
+    assert valid[0] == C.MEMORY_LENGTH
+    first = np.asarray(ds.stacked_obs(jnp.asarray(valid[:1]))[0])
+    assert np.all(first[:-1] == 0) and first[-1, 0, 0] == 1.0
+    # 10 padding rows open each of the 2 streams and follow each of its terminal steps.
+    terminals = int(np.asarray(ds.terminal).sum())
+    assert ds.obs.shape[0] == 60 + C.MEMORY_LENGTH * (2 + terminals)
+
+
+def test_corrupt_cache_is_reported_and_remade(tmp_path, capsys):
+    cfg = C.CollectConfig(num_envs=2, learning_starts=10_000)
+    a = C.collect_dataset("bsuite/catch", 0.0, 40, seed=0, cfg=cfg, data_dir=tmp_path, progress=False)
+    path = next(tmp_path.iterdir())
+    path.write_bytes(path.read_bytes()[:100])
+    b = C.collect_dataset("bsuite/catch", 0.0, 40, seed=0, cfg=cfg, data_dir=tmp_path, progress=False)
+    err = capsys.readouterr().err
+    assert "unreadable" in err and str(path) in err
+    np.testing.assert_array_equal(a.obs, b.obs)
+
+
+def _write_gz_npy(path, array):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    with gzip.open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def _write_dqn_replay(directory, n, episodes, invalid_range=(), history=4):
+    """Writes one checkpoint in Dopamine's layout: history-1 zero transitions before each episode.
+    Frame pixels hold (episode, step) so tests can see which frame landed where."""
+    obs, action, reward, terminal = [], [], [], []
+    for e, length in enumerate(episodes):
+        for _ in range(history - 1):
+            obs.append(np.zeros((84, 84), np.uint8)), action.append(0), reward.append(0.0), terminal.append(0)
+        for t in range(length):
+            obs.append(np.full((84, 84), 10 * (e + 1) + t, np.uint8))
+            action.append(t % 3), reward.append(float(t)), terminal.append(int(t == length - 1))
+    files = {"observation": np.stack(obs), "action": np.asarray(action, np.int32),
+             "reward": np.asarray(reward, np.float32), "terminal": np.asarray(terminal, np.uint8)}
+    for k, v in files.items():
+        _write_gz_npy(directory / f"$store$_{k}_ckpt.{n}.gz", v)
+    _write_gz_npy(directory / f"add_count_ckpt.{n}.gz", np.asarray(len(obs)))
+    _write_gz_npy(directory / f"invalid_range_ckpt.{n}.gz", np.asarray(invalid_range, np.int64))
+    return files
+
+
+def test_load_dqn_replay_on_synthetic_files(tmp_path):
+    files = _write_dqn_replay(tmp_path, 0, episodes=[3, 4])
+    # Rows: 0-2 pad, 3-5 episode 1 (5 terminal), 6-8 pad, 9-12 episode 2 (12 terminal, last row).
+    ds = C.load_dqn_replay(tmp_path, [0], num_actions=3)
+    assert np.asarray(ds.valid).tolist() == [3, 4, 5, 9, 10, 11]  # 12 is the last row: no successor
+    b = ds.batch(jnp.array([3, 5, 9, 11]))
+    assert b.obs.shape == (4, 4, 84, 84) and b.obs.dtype == jnp.uint8
+    np.testing.assert_array_equal(b.obs[:, :, 0, 0], [[0, 0, 0, 10], [0, 10, 11, 12], [0, 0, 0, 20], [0, 20, 21, 22]])
+    np.testing.assert_array_equal(b.discount, [1, 0, 1, 1])
+    np.testing.assert_array_equal(b.next_obs[0, :, 0, 0], [0, 0, 10, 11])
+    # Frames are stored once: bytes per transition within 5% of one 84x84 frame.
+    assert ds.nbytes() / len(files["observation"]) <= 1.05 * 84 * 84
+
+
+def test_load_dqn_replay_invalid_range_and_concatenation(tmp_path):
+    _write_dqn_replay(tmp_path, 0, episodes=[3, 4], invalid_range=[4, 10])
+    _write_dqn_replay(tmp_path, 1, episodes=[5])
+    ds = C.load_dqn_replay(tmp_path, [0, 1], num_actions=3)
+    # Checkpoint 1 starts at row 13: its rows 3..6 (+13) are valid, its last row 7 is terminal-last.
+    assert np.asarray(ds.valid).tolist() == [3, 5, 9, 11, 16, 17, 18, 19]
+
+
+def test_load_dqn_replay_errors_name_the_file(tmp_path):
+    with pytest.raises(C.DatasetError, match="does not exist"):
+        C.load_dqn_replay(tmp_path / "nowhere", [0])
+    _write_dqn_replay(tmp_path, 0, episodes=[3])
+    with pytest.raises(C.DatasetError, match=r"missing DQN Replay file .*ckpt\.1\.gz"):
+        C.load_dqn_replay(tmp_path, [1])
+    target = tmp_path / "$store$_reward_ckpt.0.gz"
+    target.write_bytes(target.read_bytes()[:20])
+    with pytest.raises(C.DatasetError, match=r"corrupt DQN Replay file .*\$store\$_reward_ckpt\.0\.gz"):
+        C.load_dqn_replay(tmp_path, [0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline trainer
+# ---------------------------------------------------------------------------------------------
+
+TINY = C.TrainConfig(num_steps=200, chunk_steps=50, batch_size=16, eval_every=0, target_update_period=20)
+
+
+def _train(members, cfg=TINY, **kw):
+    ds = _toy_dataset()
+    return C.train_offline(C.MLP(ds.num_actions, (16, 16)), ds, cfg, members, env_id="bsuite/catch", agent="dqn",
+                           progress=False, **kw)
+
+
+def _rows(result, metric):
+    return [r for r in result.rows if r["metric"] == metric]
+
+
+def test_seeds_differ_and_a_fixed_seed_repeats_bitwise():
+    members = [C.Member(0, 1e-3, "a"), C.Member(1, 1e-3, "a")]
+    first, again = _train(members), _train(members)
+    p0, p1 = (C.unstack(first.state.params, i) for i in range(2))
+    assert not np.allclose(jax.tree_util.tree_leaves(p0)[0], jax.tree_util.tree_leaves(p1)[0])
+    for x, y in zip(jax.tree_util.tree_leaves(first.state.params), jax.tree_util.tree_leaves(again.state.params)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(jax.random.key_data(first.state.key), jax.random.key_data(again.state.key))
+    assert first.rows == again.rows
+
+
+def test_traced_learning_rate_member_equals_a_separate_run():
+    sweep = _train([C.Member(0, 1e-4, "lr=1e-4"), C.Member(0, 3e-3, "lr=3e-3")])
+    alone = _train([C.Member(0, 3e-3, "lr=3e-3")])
+    for x, y in zip(jax.tree_util.tree_leaves(C.unstack(sweep.state.params, 1)),
+                    jax.tree_util.tree_leaves(C.unstack(alone.state.params, 0))):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # ...and the two learning rates really trained differently.
+    assert not np.allclose(jax.tree_util.tree_leaves(C.unstack(sweep.state.params, 0))[0],
+                           jax.tree_util.tree_leaves(C.unstack(sweep.state.params, 1))[0])
+
+
+def test_loss_falls_on_a_tiny_dataset():
+    for loss in ("bc", "double_dqn", "mc"):
+        cfg = C.TrainConfig(loss=loss, num_steps=600, chunk_steps=100, batch_size=32, eval_every=0,
+                            target_update_period=50)
+        # All-terminal data make the TD target r itself, so every loss has a fixed target to fit.
+        ds = _toy_dataset()
+        ds = ds.replace(terminal=jnp.ones_like(ds.terminal))
+        result = C.train_offline(C.MLP(ds.num_actions, (16, 16)), ds, cfg, [C.Member(0, 3e-3, "x")],
+                                 env_id="bsuite/catch", agent=loss, progress=False)
+        losses = [r["value"] for r in _rows(result, "loss")]
+        assert losses[-1] < 0.5 * losses[0], (loss, losses)
+
+
+def test_metrics_rows_are_tidy_and_complete():
+    result = _train([C.Member(0, 1e-3, "lr=1e-3"), C.Member(1, 1e-3, "lr=1e-3")])
+    assert set(result.rows[0]) == set(C.METRIC_COLUMNS)
+    srank = _rows(result, "srank")
+    assert sorted({r["step"] for r in srank}) == [0, 50, 100, 150, 200] and len(srank) == 10
+    assert all(1 <= r["value"] <= 16 for r in srank)
+
+
+def test_a_diverged_member_is_marked_and_the_others_go_on(capsys):
+    result = _train([C.Member(0, 1e-3, "ok"), C.Member(0, float("nan"), "bad")])
+    assert result.diverged == {1: 50}
+    assert "diverged" in capsys.readouterr().err
+    bad = [r["value"] for r in _rows(result, "srank") if r["config"] == "bad" and r["step"] > 0]
+    assert all(np.isnan(v) for v in bad)
+    alone = _train([C.Member(0, 1e-3, "ok")])
+    np.testing.assert_allclose(jax.tree_util.tree_leaves(C.unstack(result.state.params, 0))[0],
+                               jax.tree_util.tree_leaves(C.unstack(alone.state.params, 0))[0], rtol=1e-5, atol=1e-6)
+    assert any(r["metric"] == "diverged" and r["config"] == "bad" for r in result.rows)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    members = [C.Member(0, 1e-3, "a"), C.Member(1, 3e-3, "b")]
+    cfg = C.TrainConfig(num_steps=200, chunk_steps=50, batch_size=16, eval_every=50, target_update_period=20,
+                        checkpoint_seconds=0.0)
+    reference = _train(members, cfg, evaluate_fn=lambda p: np.zeros(2))
+    calls = {"n": 0}
+
+    def interrupting_eval(params):
+        calls["n"] += 1
+        if calls["n"] == 4:  # evaluations at steps 0, 50, 100, then stop during the one at 150
+            raise KeyboardInterrupt
+        return np.zeros(2)
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(members, cfg, evaluate_fn=interrupting_eval, checkpoint_dir=tmp_path)
+    resumed = _train(members, cfg, evaluate_fn=lambda p: np.zeros(2), checkpoint_dir=tmp_path)
+    assert resumed.rows == reference.rows
+    for x, y in zip(jax.tree_util.tree_leaves(reference.state.params), jax.tree_util.tree_leaves(resumed.state.params)):
+        np.testing.assert_array_equal(x, y)
+    # A finished run is not redone: the chunk function is never called.
+    again = _train(members, cfg, evaluate_fn=lambda p: pytest.fail("re-evaluated"), checkpoint_dir=tmp_path)
+    assert again.rows == reference.rows
+
+
+def test_member_data_size_restricts_sampling_to_the_order_prefix():
+    ds = _toy_dataset()
+    order = np.asarray(ds.valid)[::-1].copy()
+    cfg = C.TrainConfig(loss="bc", num_steps=50, chunk_steps=50, batch_size=8, eval_every=0)
+    net = C.MLP(ds.num_actions, (8,))
+    # With data_size 1 every minibatch is the single row order[0]; BC then fits that row's action.
+    res = C.train_offline(net, ds, cfg, [C.Member(0, 1e-2, "one", data_size=1)], env_id="bsuite/catch",
+                          agent="bc", order=order, progress=False)
+    row = int(order[0])
+    logits, _ = net.apply(C.unstack(res.state.params, 0), ds.stacked_obs(jnp.array([row])))
+    assert int(jnp.argmax(logits[0])) == int(ds.action[row])
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and results
+# ---------------------------------------------------------------------------------------------
+
+
+def test_evaluate_policies_shapes_and_transform_hook():
+    net = C.MLP(3, (8,))
+    params = jax.vmap(lambda k: net.init(k, jnp.zeros((1, 10, 5))))(jax.random.split(jax.random.key(0), 2))
+    returns = C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0)
+    assert returns.shape == (2, 4) and set(np.unique(returns)) <= {-1.0, 1.0}
+    same = C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0, obs_transform=lambda k, o: o)
+    np.testing.assert_array_equal(returns, same)
+    seen = {}
+
+    def spy(key, obs):
+        seen["shape"] = obs.shape
+        return obs
+
+    C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0, obs_transform=spy)
+    assert seen["shape"] == (8, 10, 5)
+
+
+def test_results_files_round_trip(tmp_path):
+    rows = [{"env": "bsuite/catch", "agent": "dqn", "config": "lr=1e-3", "seed": s, "step": t, "metric": "srank",
+             "value": float(s + t)} for s in (0, 1) for t in (0, 10)]
+    C.write_metrics(tmp_path, rows)
+    m = C.Metrics(tmp_path / "metrics.csv")
+    steps, grid = m.curves(metric="srank", config="lr=1e-3")
+    assert steps.tolist() == [0, 10] and grid.tolist() == [[0, 10], [1, 11]]
+    C.write_claims(tmp_path, [C.Claim("c1", "text", "stat", 0.5, True)])
+    assert json.loads((tmp_path / "claims.json").read_text())[0]["held"] is True
+    mean, err = C.mean_and_stderr(np.array([[1.0, 2.0], [3.0, 2.0]]))
+    np.testing.assert_allclose(mean, [2.0, 2.0])
+    np.testing.assert_allclose(err, [np.std([1, 3], ddof=1) / np.sqrt(2), 0.0])
+
+
+def test_resolve_preset_overrides_only_what_was_given():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        steps: int
+        seeds: int
+
+    @dataclasses.dataclass(frozen=True)
+    class Args:
+        preset: str = "cpu"
+        steps: int | None = None
+        seeds: int | None = None
+        out: str = "x"
+
+    presets = {"cpu": Config(10, 2), "smoke": Config(1, 1)}
+    assert C.resolve_preset(Args(), presets) == Config(10, 2)
+    assert C.resolve_preset(Args(preset="smoke", seeds=3), presets) == Config(1, 3)
