@@ -770,6 +770,23 @@ def load_dqn_replay(directory: str | Path, checkpoints: Sequence[int], num_actio
                         num_actions, history, gamma)
 
 
+def offline_dataset(env_id: str, *, noise: float, num_transitions: int, seed: int, history: int = 1,
+                    data_dir: str | Path | None = None, run: int = 1, checkpoints: Sequence[int] = (0,),
+                    progress: bool = True) -> Dataset:
+    """The offline dataset of an environment: for ``atari/<Game>`` the DQN Replay files under
+    ``data_dir/<Game>/<run>/replay_logs`` (a missing directory is a clear error); for bsuite and
+    MinAtar a locally collected one (noise, size and seed as given; cached)."""
+    family = validate_env_id(env_id)
+    if family == "atari":
+        if data_dir is None:
+            raise DatasetError(f"{env_id} needs the DQN Replay files: pass --data-dir DIR with "
+                               "DIR/<Game>/<run>/replay_logs/$store$_*_ckpt.N.gz")
+        game = env_id.split("/", 1)[1]
+        return load_dqn_replay(Path(data_dir) / game / str(run) / "replay_logs", checkpoints,
+                               num_actions=make_env(env_id, 1, 0).num_actions)
+    return collect_dataset(env_id, noise, num_transitions, seed, history, progress=progress)
+
+
 # ================================================================================================
 # 6. Offline trainer: jit(vmap over sweep members)(lax.scan over K gradient steps) per chunk
 # ================================================================================================
@@ -780,6 +797,8 @@ class TrainConfig:
     loss: str = "double_dqn"  # one of AGENT_LOSSES
     num_steps: int = 100_000  # gradient steps per member
     chunk_steps: int = 1_000  # steps per compiled call; metrics are taken between chunks
+    early_chunk_steps: int = 0  # if > 0, the first chunk is split into chunks this long, so that the
+    #                             abrupt early srank collapse (phase 1) is resolved in the curves
     batch_size: int = 32
     gamma: float = 0.99
     optimizer: str = "adam"  # adam | rmsprop
@@ -789,6 +808,21 @@ class TrainConfig:
     dormant_tau: float = 0.025
     eval_every: int = 10_000  # gradient steps between online evaluations (0: never)
     checkpoint_seconds: float = 60.0  # wall time between checkpoints
+
+
+def chunk_plan(cfg: TrainConfig) -> list[int]:
+    """Lengths of the compiled chunks that make up a run (metrics are taken after each)."""
+    if cfg.num_steps % cfg.chunk_steps:
+        raise ValueError(f"num_steps {cfg.num_steps} must be a multiple of chunk_steps {cfg.chunk_steps}")
+    if cfg.eval_every and cfg.eval_every % cfg.chunk_steps:
+        raise ValueError(f"eval_every {cfg.eval_every} must be a multiple of chunk_steps {cfg.chunk_steps}")
+    plan = [cfg.chunk_steps] * (cfg.num_steps // cfg.chunk_steps)
+    if cfg.early_chunk_steps:
+        if cfg.chunk_steps % cfg.early_chunk_steps:
+            raise ValueError(f"chunk_steps {cfg.chunk_steps} must be a multiple of early_chunk_steps "
+                             f"{cfg.early_chunk_steps}")
+        plan = [cfg.early_chunk_steps] * (cfg.chunk_steps // cfg.early_chunk_steps) + plan[1:]
+    return plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -850,20 +884,25 @@ def make_chunk_fn(net: nn.Module, cfg: TrainConfig, steps: int,
         return loss, aux
 
     def member_chunk(state: TrainState, ds: Dataset, order: Array, size: Array):
-        def step(state: TrainState, _):
-            key, sample_key, loss_key = jax.random.split(state.key, 3)
-            pos = jax.random.randint(sample_key, (cfg.batch_size,), 0, size)
+        # All of the chunk's minibatch positions in one call: one large threefry call is far cheaper
+        # on a CPU than `steps` small ones inside the loop.
+        key, sample_key, loss_key = jax.random.split(state.key, 3)
+        positions = jax.random.randint(sample_key, (steps, cfg.batch_size), 0, size)
+        loss_keys = jax.random.split(loss_key, steps)
+
+        def step(state: TrainState, xs):
+            pos, step_key = xs
             batch = ds.batch(order[pos])
             (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state.params, state.target_params, batch, loss_key)
+                state.params, state.target_params, batch, step_key)
             updates, opt_state = opt.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             step_count = state.step + 1
             target = optax.periodic_update(params, state.target_params, step_count, cfg.target_update_period)
-            return TrainState(params, target, opt_state, key, step_count), (loss, aux["q_mean"])
+            return TrainState(params, target, opt_state, state.key, step_count), (loss, aux["q_mean"])
 
-        state, (loss, q) = jax.lax.scan(step, state, None, length=steps)
-        return state, jnp.mean(loss), jnp.mean(q)
+        state, (loss, q) = jax.lax.scan(step, state, (positions, loss_keys))
+        return state._replace(key=key), jnp.mean(loss), jnp.mean(q)
 
     return jax.jit(jax.vmap(member_chunk, in_axes=(0, None, None, 0)), donate_argnums=0)
 
@@ -924,10 +963,7 @@ def train_offline(
     """
     from tqdm.auto import tqdm
 
-    if cfg.num_steps % cfg.chunk_steps:
-        raise ValueError(f"num_steps {cfg.num_steps} must be a multiple of chunk_steps {cfg.chunk_steps}")
-    if cfg.eval_every and cfg.eval_every % cfg.chunk_steps:
-        raise ValueError(f"eval_every {cfg.eval_every} must be a multiple of chunk_steps {cfg.chunk_steps}")
+    plan = chunk_plan(cfg)
     order = np.asarray(ds.valid) if order is None else np.asarray(order)
     sizes = jnp.asarray([m.data_size or len(order) for m in members], jnp.int32)
     order = jnp.asarray(order, jnp.int32)
@@ -936,7 +972,7 @@ def train_offline(
     sharding = member_sharding(len(members))
     if sharding is not None:
         state, sizes = jax.device_put((state, sizes), sharding)
-    chunk_fn = make_chunk_fn(net, cfg, cfg.chunk_steps, extra_loss)
+    chunk_fns = {n: make_chunk_fn(net, cfg, n, extra_loss) for n in set(plan)}
     probe_fn = make_probe_fn(net, cfg.dormant_tau)
 
     rows: list[dict] = []
@@ -949,7 +985,8 @@ def train_offline(
         ckpt = Path(checkpoint_dir) / f"{agent}_{env_id.replace('/', '_')}_{ident}.npz"
         if ckpt.exists():
             state, rows, diverged, start_chunk = _load_checkpoint(ckpt, state)
-    num_chunks = cfg.num_steps // cfg.chunk_steps
+    num_chunks = len(plan)
+    ends = np.cumsum(plan)
 
     def record(step: int, metric: str, values) -> None:
         values = np.asarray(values, np.float64)
@@ -971,8 +1008,8 @@ def train_offline(
     bar = tqdm(range(start_chunk, num_chunks), initial=start_chunk, total=num_chunks, disable=not progress,
                desc=f"{agent} {env_id}", unit="chunk", dynamic_ncols=True)
     for chunk in bar:
-        state, loss, q_mean = chunk_fn(state, ds, order, sizes)
-        step = (chunk + 1) * cfg.chunk_steps
+        state, loss, q_mean = chunk_fns[plan[chunk]](state, ds, order, sizes)
+        step = int(ends[chunk])
         metrics = probe_fn(state.params, probe)
         finite = np.isfinite(np.asarray(loss)) & _params_finite(state.params)
         for m in np.flatnonzero(~finite):
@@ -1123,13 +1160,17 @@ class Metrics:
         with open(path) as f:
             self.rows = [dict(r, seed=int(r["seed"]), step=int(r["step"]), value=float(r["value"]))
                          for r in csv.DictReader(f)]
+        self._cache: dict[tuple, list[dict]] = {}
 
     def values(self, key: str, **where) -> list:
         """Distinct values of column ``key`` among the rows matching ``where``, in first-seen order."""
         return list(dict.fromkeys(r[key] for r in self.select(**where)))
 
     def select(self, **where) -> list[dict]:
-        return [r for r in self.rows if all(r[k] == v for k, v in where.items())]
+        key = tuple(sorted(where.items()))
+        if key not in self._cache:  # plots ask for the same selections many times
+            self._cache[key] = [r for r in self.rows if all(r[k] == v for k, v in where.items())]
+        return self._cache[key]
 
     def curves(self, **where) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values[seed, step]) for rows matching ``where`` (which should fix env, agent,
@@ -1194,6 +1235,8 @@ def _jsonable(x: Any) -> Any:
         return x.tolist()
     if isinstance(x, float) and not np.isfinite(x):
         return None
+    if isinstance(x, Path):
+        return str(x)
     return x
 
 
@@ -1227,6 +1270,32 @@ def cli(args_type: type, main: Callable[[Any], None], description: str | None = 
 def check_env_ids(env_ids: Iterable[str]) -> None:
     for env_id in env_ids:
         validate_env_id(env_id)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties get their average rank); NaN pairs are dropped."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    return pearson(_average_ranks(x[keep]), _average_ranks(y[keep]))
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's correlation; NaN when either side is constant or fewer than 2 finite pairs."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep] - x[keep].mean(), y[keep] - y[keep].mean()
+    denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return float(np.sum(x * y) / denom) if len(x) > 1 and denom > 0 else float("nan")
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    for value in np.unique(x):  # ties share the mean of their ranks
+        tie = x == value
+        ranks[tie] = ranks[tie].mean()
+    return ranks
 
 
 # ---- plotting style: seed mean with a standard-error band ---------------------------------------

@@ -481,3 +481,22 @@ def test_resolve_preset_overrides_only_what_was_given():
     presets = {"cpu": Config(10, 2), "smoke": Config(1, 1)}
     assert C.resolve_preset(Args(), presets) == Config(10, 2)
     assert C.resolve_preset(Args(preset="smoke", seeds=3), presets) == Config(1, 3)
+
+
+def test_correlations_hand_computed():
+    assert C.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert C.pearson([1, 2, 3], [3, 1, 2]) == pytest.approx(-0.5)
+    assert np.isnan(C.pearson([1, 1, 1], [1, 2, 3]))
+    # Monotone but not linear: Spearman 1, Pearson below 1.
+    assert C.spearman([1, 2, 3, 4], [1, 10, 100, 1000]) == pytest.approx(1.0)
+    # Ties get average ranks: x ranks [0.5, 0.5, 2], y ranks [0, 1, 2] -> r = sqrt(3)/2.
+    assert C.spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(np.sqrt(3) / 2)
+    assert C.spearman([1, 2, np.nan, 4], [4, 3, 0, 1]) == pytest.approx(-1.0)
+
+
+def test_chunk_plan_splits_the_first_chunk():
+    assert C.chunk_plan(C.TrainConfig(num_steps=3000, chunk_steps=1000, eval_every=0)) == [1000] * 3
+    plan = C.chunk_plan(C.TrainConfig(num_steps=3000, chunk_steps=1000, early_chunk_steps=250, eval_every=0))
+    assert plan == [250] * 4 + [1000] * 2
+    with pytest.raises(ValueError, match="multiple"):
+        C.chunk_plan(C.TrainConfig(num_steps=2500, chunk_steps=1000))
