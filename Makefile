@@ -37,9 +37,10 @@ $(SCRIPTS): setup
 	mkdir -p figures && cp results/$@/fig*.png figures/
 
 figures: $(SCRIPTS)
+	$(PY) tests/update_readme.py
 
 bench: setup
-	@echo "make bench: not implemented yet (see the performance issue)"
+	$(PY) tests/bench.py --out results/bench
 
 clean:
 	rm -rf results .pytest_cache __pycache__ tests/__pycache__

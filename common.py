@@ -131,6 +131,28 @@ class MLP(nn.Module):
         return nn.Dense(self.num_actions, kernel_init=INITS[self.init_scheme], name="head")(x), x
 
 
+class PatchConv(nn.Module):
+    """A stride-1 VALID convolution written as one matrix product of image patches (im2col).
+
+    Same parameters (kernel (kh, kw, C, F), bias (F,)) and same result as ``nn.Conv(F, (kh, kw),
+    padding="VALID")``; on a CPU, for MinAtar's 10x10 inputs, one (batch*64, 9C) x (9C, F) matmul
+    is several times faster than XLA's generic convolution, which is what makes the MinAtar
+    presets fit on a laptop."""
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kh, kw = self.kernel_size
+        channels = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, channels, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+        patches = jnp.concatenate([x[:, i:i + out_h, j:j + out_w, :] for i in range(kh) for j in range(kw)], axis=-1)
+        return patches @ kernel.reshape(kh * kw * channels, self.features) + bias
+
+
 class MinAtarCNN(nn.Module):
     """MinAtar network of Young & Tian (2019): Conv(16, 3x3, stride 1, valid) -> 128 hidden."""
 
@@ -141,7 +163,7 @@ class MinAtarCNN(nn.Module):
     @nn.compact
     def __call__(self, obs: Array) -> tuple[Array, Array]:
         act = activation_fn(self.activation)
-        x = act(nn.Conv(16, (3, 3), strides=1, padding="VALID")(obs.astype(jnp.float32)))
+        x = act(PatchConv(16, (3, 3), name="conv")(obs.astype(jnp.float32)))
         x = act(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_actions)(x), x
 
@@ -869,6 +891,36 @@ def init_members(net: nn.Module, sample_obs: Array, members: Sequence[Member], o
     return jax.jit(jax.vmap(lambda k, lr: init_one(jax.random.wrap_key_data(k), lr)))(keys, lrs)
 
 
+def initial_params(net: nn.Module, sample_obs: Array, seeds: Sequence[int]) -> PyTree:
+    """Stacked initial parameters of members with these seeds, the same values ``init_members``
+    draws, computed eagerly (no compile): for analyses of the weights a run started from."""
+    inits = [net.init(jax.random.split(jax.random.key(s))[0], sample_obs) for s in seeds]
+    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *inits)
+
+
+def learner_step(net: nn.Module, opt: optax.GradientTransformation, state: TrainState, batch: Batch, *,
+                 loss: str, gamma: float, target_update_period: int, clip_rewards: bool = False,
+                 extra_loss: Callable | None = None, key: Array | None = None) -> tuple[TrainState, Array, Array]:
+    """One gradient step of one agent on one batch: the ``loss`` of ``agent_loss`` (plus
+    ``extra_loss(params, batch, key)`` if given), an optimizer update, and a copy of the online
+    parameters into the target every ``target_update_period`` steps. ``state.key`` is passed through
+    untouched. Returns (new state, loss, mean Q). The offline trainer and the online tandem agents
+    (exp_tandem.py) share it."""
+
+    def loss_fn(params):
+        value, aux = agent_loss(loss, net.apply, params, state.target_params, batch, gamma, clip_rewards)
+        if extra_loss is not None:
+            value = value + extra_loss(params, batch, key)
+        return value, aux
+
+    (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step_count = state.step + 1
+    target = optax.periodic_update(params, state.target_params, step_count, target_update_period)
+    return TrainState(params, target, opt_state, state.key, step_count), value, aux["q_mean"]
+
+
 @functools.lru_cache(maxsize=32)  # one compiled program per (network, config): reruns skip the compile
 def make_chunk_fn(net: nn.Module, cfg: TrainConfig, steps: int,
                   extra_loss: Callable | None = None) -> Callable:
@@ -876,12 +928,6 @@ def make_chunk_fn(net: nn.Module, cfg: TrainConfig, steps: int,
     ``steps`` gradient steps for every member at once. Minibatch rows are drawn on device from
     ``order[:size]`` (the member's share of the data), so the dataset never leaves the device."""
     opt = make_optimizer(cfg.optimizer)
-
-    def loss_fn(params, target_params, batch, key):
-        loss, aux = agent_loss(cfg.loss, net.apply, params, target_params, batch, cfg.gamma, cfg.clip_rewards)
-        if extra_loss is not None:
-            loss = loss + extra_loss(params, batch, key)
-        return loss, aux
 
     def member_chunk(state: TrainState, ds: Dataset, order: Array, size: Array):
         # All of the chunk's minibatch positions in one call: one large threefry call is far cheaper
@@ -892,14 +938,10 @@ def make_chunk_fn(net: nn.Module, cfg: TrainConfig, steps: int,
 
         def step(state: TrainState, xs):
             pos, step_key = xs
-            batch = ds.batch(order[pos])
-            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state.params, state.target_params, batch, step_key)
-            updates, opt_state = opt.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            step_count = state.step + 1
-            target = optax.periodic_update(params, state.target_params, step_count, cfg.target_update_period)
-            return TrainState(params, target, opt_state, state.key, step_count), (loss, aux["q_mean"])
+            state, loss, q_mean = learner_step(net, opt, state, ds.batch(order[pos]), loss=cfg.loss, gamma=cfg.gamma,
+                                               target_update_period=cfg.target_update_period,
+                                               clip_rewards=cfg.clip_rewards, extra_loss=extra_loss, key=step_key)
+            return state, (loss, q_mean)
 
         state, (loss, q) = jax.lax.scan(step, state, (positions, loss_keys))
         return state._replace(key=key), jnp.mean(loss), jnp.mean(q)
@@ -1120,6 +1162,56 @@ def evaluate_policies(
     return returns.reshape(members, num_episodes)
 
 
+# ---- observation perturbations: jitted, batched, applied through evaluate_policies' hook ---------
+
+
+def image_axes(env_id: str) -> tuple[int, int]:
+    """Image axes of a batch of observations: stacked Atari frames (N, 4, 84, 84) are NCHW; MinAtar
+    (N, 10, 10, C) is NHWC."""
+    return (2, 3) if env_id.startswith("atari/") else (1, 2)
+
+
+def random_shift(key: Array, obs: Array, pad: int, axes: tuple[int, int] = (1, 2)) -> Array:
+    """DrQ's random shift (Yarats et al. 2020): pad each image by ``pad`` pixels replicating its edges,
+    then crop a random window of the original size. Per-sample offsets; shape and dtype kept;
+    the identity when pad is 0."""
+    if pad == 0:
+        return obs
+    widths = [(0, 0)] * obs.ndim
+    for a in axes:
+        widths[a] = (pad, pad)
+    padded = jnp.pad(obs, widths, mode="edge")
+    offsets = jax.random.randint(key, (obs.shape[0], 2), 0, 2 * pad + 1)
+
+    def crop(image, offset):
+        start = [0] * image.ndim
+        start[axes[0] - 1], start[axes[1] - 1] = offset[0], offset[1]
+        return jax.lax.dynamic_slice(image, start, obs.shape[1:])
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def random_scale(key: Array, obs: Array, strength: float, axes: tuple[int, int] = (1, 2)) -> Array:
+    """Random scaling (as in Chen et al. 2017's augmentation): zoom each image by a factor drawn
+    uniformly from [1 - strength, 1 + strength] about its centre, resampled bilinearly onto the
+    original grid (zooming in crops; zooming out fills the border with zeros, MinAtar's empty
+    cell). Shape and dtype kept (integer images are rounded back); the identity when strength is
+    0. On a 10x10 grid a factor changes pixels only once it moves the border by about half a cell."""
+    if strength == 0:
+        return obs
+    factors = jax.random.uniform(key, (obs.shape[0],), minval=1.0 - strength, maxval=1.0 + strength)
+    size = jnp.asarray([obs.shape[axes[0]], obs.shape[axes[1]]], jnp.float32)
+    dims = (axes[0] - 1, axes[1] - 1)
+
+    def zoom(image, factor):
+        scale = jnp.stack([factor, factor])
+        out = jax.image.scale_and_translate(image.astype(jnp.float32), image.shape, dims, scale,
+                                            (1.0 - scale) * size / 2, method="linear")
+        return jnp.round(out).astype(image.dtype) if jnp.issubdtype(image.dtype, jnp.integer) else out.astype(image.dtype)
+
+    return jax.vmap(zoom)(obs, factors)
+
+
 # ================================================================================================
 # 8. Results, presets, CLI and plotting style
 # ================================================================================================
@@ -1183,6 +1275,12 @@ class Metrics:
         for r in rows:
             grid[si[r["seed"]], ti[r["step"]]] = r["value"]
         return steps, grid
+
+    def at_step(self, step: int, **where) -> np.ndarray:
+        """The per-seed values at ``step`` of the rows matching ``where`` (NaN where missing)."""
+        steps, grid = self.curves(**where)
+        hit = np.flatnonzero(steps == step)
+        return grid[:, hit[0]] if len(hit) else np.full(grid.shape[0], np.nan)
 
     def final(self, **where) -> np.ndarray:
         """The per-seed value at the last step of the matching rows."""
@@ -1286,6 +1384,18 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     x, y = x[keep] - x[keep].mean(), y[keep] - y[keep].mean()
     denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
     return float(np.sum(x * y) / denom) if len(x) > 1 and denom > 0 else float("nan")
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b between two orderings (ties in either count as neither concordant nor
+    discordant); NaN pairs are dropped, NaN if either side is constant."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    i, j = np.triu_indices(len(x), k=1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    denom = np.sqrt(np.sum(dx != 0) * np.sum(dy != 0))
+    return float(np.sum(dx * dy) / denom) if denom > 0 else float("nan")
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:

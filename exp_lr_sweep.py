@@ -121,6 +121,7 @@ EARLY_WINDOW = 0.05  # "within the first few percent of training"
 EARLY_DROP = 0.75  # an early collapse: srank falls to <= 75% of its initial value...
 RISE = 1.25  # ...and later rises to >= 125% of that minimum (phase 2)
 LATE_COLLAPSE = 0.5  # phase 3: the final srank is <= 50% of the peak reached after the early minimum
+PEAK_MARGIN = 0.1  # "higher in between": the interior peak exceeds both end rates by >= 10% of the peak
 
 
 def detect_phases(steps: np.ndarray, srank: np.ndarray, num_steps: int) -> dict:
@@ -137,11 +138,14 @@ def detect_phases(steps: np.ndarray, srank: np.ndarray, num_steps: int) -> dict:
             "early_collapse": bool(collapse), "rise": bool(rise), "late_collapse": bool(late)}
 
 
-def selection_scores(returns: np.ndarray, choice: int) -> float:
-    """Normalised score of picking candidate ``choice`` among ``returns``: 1 = the best candidate,
-    0 = the worst (what the paper's Fig. 19/20 plot as simple regret). NaN if all are equal."""
+def selection_score(returns: np.ndarray, criterion: np.ndarray) -> float:
+    """Normalised score of picking the candidate with the largest ``criterion``: (R_pick - R_min) /
+    (R_max - R_min), so 1 = the best candidate and 0 = the worst (what the paper's Fig. 19/20 plot
+    as simple regret). Ties in the criterion (srank and dead units are integers) are broken at
+    random, i.e. the tied candidates' scores are averaged. NaN if all returns are equal."""
     lo, hi = np.nanmin(returns), np.nanmax(returns)
-    return float((returns[choice] - lo) / (hi - lo)) if hi > lo else float("nan")
+    tied = criterion == np.nanmax(criterion)
+    return float(np.mean((returns[tied] - lo) / (hi - lo))) if hi > lo else float("nan")
 
 
 def random_selection_score(returns: np.ndarray) -> float:
@@ -152,11 +156,7 @@ def random_selection_score(returns: np.ndarray) -> float:
 
 def at_step(metrics: C.Metrics, step: int, **where) -> np.ndarray:
     """(configs, seeds) values at ``step`` for every learning rate, in sweep order."""
-    values = []
-    for config in metrics.values("config", **where):
-        steps, grid = metrics.curves(config=config, **where)
-        values.append(grid[:, int(np.flatnonzero(steps == step)[0])])
-    return np.stack(values)
+    return np.stack([metrics.at_step(step, config=c, **where) for c in metrics.values("config", **where)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,7 +203,8 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
         dead = at_step(m, num_steps, env=env, metric="dead_units")
         mean = np.nanmean(srank, axis=1)
         peak = int(np.nanargmax(mean))
-        inverted_u[env] = (0 < peak < len(mean) - 1) and mean[peak] > mean[0] and mean[peak] > mean[-1]
+        inverted_u[env] = bool((0 < peak < len(mean) - 1) and min(mean[peak] - mean[0], mean[peak] - mean[-1])
+                               >= PEAK_MARGIN * mean[peak])
         dead_lr[env] = C.spearman(np.repeat(lrs, srank.shape[1]), dead.ravel())
         dead_srank[env] = C.pearson(dead.ravel(), srank.ravel())
         early[env] = sum(detect_phases(*mean_curve(m, env, c), num_steps)["rise"] for c in m.values("config", env=env))
@@ -214,7 +215,8 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
                               for e, v in d.items())
     return [
         C.Claim("lr_sweep.1", "Final srank against log learning rate is low at both ends and higher in between",
-                "interior peak of the seed-mean final srank above both end rates, per env", fmt(inverted_u),
+                "seed-mean final srank peaks at an interior rate, >= 10% above both end rates, per env",
+                fmt(inverted_u),
                 all(inverted_u.values())),
         C.Claim("lr_sweep.2", "Dead units grow with the learning rate and correlate negatively with srank (ReLU)",
                 "Spearman(log lr, final dead units) > 0 and Pearson(dead units, srank) < 0, per env",
@@ -248,8 +250,8 @@ def selection_table(m: C.Metrics, env: str, step: int) -> dict[str, float]:
     dead = at_step(m, step, env=env, metric="dead_units")
     scores = {"srank": [], "dead_units": [], "random": []}
     for s in range(returns.shape[1]):
-        scores["srank"].append(selection_scores(returns[:, s], int(np.nanargmax(srank[:, s]))))
-        scores["dead_units"].append(selection_scores(returns[:, s], int(np.nanargmin(dead[:, s]))))
+        scores["srank"].append(selection_score(returns[:, s], srank[:, s]))
+        scores["dead_units"].append(selection_score(returns[:, s], -dead[:, s]))
         scores["random"].append(random_selection_score(returns[:, s]))
     return {k: float(np.nanmean(v)) for k, v in scores.items()} | {f"{k}_se": float(C.mean_and_stderr(np.asarray(v))[1])
                                                                      for k, v in scores.items()}

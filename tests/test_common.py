@@ -500,3 +500,61 @@ def test_chunk_plan_splits_the_first_chunk():
     assert plan == [250] * 4 + [1000] * 2
     with pytest.raises(ValueError, match="multiple"):
         C.chunk_plan(C.TrainConfig(num_steps=2500, chunk_steps=1000))
+
+
+def test_patch_conv_equals_flax_conv():
+    x = jax.random.normal(jax.random.key(0), (3, 10, 10, 4))
+    patch = C.PatchConv(16, (3, 3))
+    params = patch.init(jax.random.key(1), x)
+    import flax.linen as nn
+
+    expected = nn.Conv(16, (3, 3), padding="VALID").apply(params, x)
+    np.testing.assert_allclose(patch.apply(params, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_initial_params_equal_the_trainers_initial_weights():
+    net = C.MLP(3, (8, 8), "elu")
+    obs = jnp.ones((1, 5))
+    members = [C.Member(seed=s, learning_rate=1e-3, config="x") for s in (0, 3, 3)]
+    expected = C.init_members(net, obs, members, "adam").params
+    got = C.initial_params(net, obs, [0, 3, 3])
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_kendall_tau_hand_computed():
+    assert C.kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert C.kendall_tau([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    # Pairs (1,2) concordant, (1,3) concordant, (2,3) discordant: (2 - 1) / 3.
+    assert C.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    # tau-b with a tie in x: pairs 2 concordant, 1 tied in x; denominator sqrt(2 * 3).
+    assert C.kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / np.sqrt(6))
+    assert np.isnan(C.kendall_tau([1, 1, 1], [1, 2, 3]))
+
+
+@pytest.mark.parametrize("shape, axes, dtype", [((4, 10, 10, 3), (1, 2), jnp.uint8), ((2, 4, 12, 12), (2, 3), jnp.uint8),
+                                                ((3, 10, 10, 2), (1, 2), jnp.float32)])
+def test_perturbations_keep_shape_and_dtype_and_are_identity_at_level_zero(shape, axes, dtype):
+    obs = (jax.random.uniform(jax.random.key(0), shape) * 255).astype(dtype)
+    key = jax.random.key(1)
+    for transform, level in ((C.random_shift, 2), (C.random_scale, 0.5)):
+        out = jax.jit(transform, static_argnums=(2, 3))(key, obs, level, axes)
+        assert out.shape == obs.shape and out.dtype == obs.dtype
+        assert not np.array_equal(out, obs)
+        np.testing.assert_array_equal(transform(key, obs, 0 * level, axes), obs)
+
+
+def test_random_shift_is_a_crop_of_the_edge_padded_image():
+    image = jnp.arange(25, dtype=jnp.float32).reshape(1, 5, 5, 1)
+    out = np.asarray(C.random_shift(jax.random.key(3), image, 1))[0, :, :, 0]
+    padded = np.pad(np.asarray(image)[0, :, :, 0], 1, mode="edge")
+    crops = [padded[i:i + 5, j:j + 5] for i in range(3) for j in range(3)]
+    assert any(np.array_equal(out, c) for c in crops)
+
+
+def test_random_scale_zooms_about_the_centre():
+    ones = jnp.ones((64, 10, 10, 1), jnp.uint8)
+    out = np.asarray(C.random_scale(jax.random.key(0), ones, 0.9))
+    assert np.all(out[:, 4:6, 4:6] == 1)  # the centre stays put whatever the factor
+    border_empty = out[:, 0, :, 0].sum(axis=1) == 0
+    assert 0 < border_empty.sum() < 64  # zoomed-out images gain an empty border, zoomed-in ones do not

@@ -1,0 +1,211 @@
+"""`make bench`: gradient steps per second of the project's own offline trainer, side by side in one
+run, with FLOPs per step from XLA's cost analysis and the fraction of a matmul peak measured here.
+
+    make bench                       # writes results/bench/bench.json and prints a table
+    python tests/bench.py --quick    # a shorter run (fewer timed steps)
+
+Rows: the 2x64 MLP double DQN at batch 32 (the paper's bsuite setting) in the trainer's compiled
+chunks, against the usual pattern (a Python loop calling one jitted step with a host-sampled
+batch); the MinAtar CNN at batch 32 (im2col convolution) against a plain ``flax.linen.Conv``
+network; the Nature CNN at batch 256; a 12-learning-rate sweep as one vmapped program against
+12 separate runs; evaluation episodes per second; and bytes per stored transition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common as C  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Benchmark of the offline trainer (steps/s, FLOPs per step, roofline fraction)."""
+
+    out: Path = Path("results/bench")
+    """Directory for bench.json."""
+    quick: bool = False
+    """Time fewer steps (for a smoke check of the benchmark itself)."""
+
+
+class FlaxConvMinAtarCNN(nn.Module):
+    """The straightforward MinAtar network (``nn.Conv``), the baseline for C.MinAtarCNN."""
+
+    num_actions: int
+
+    @nn.compact
+    def __call__(self, obs):
+        x = nn.relu(nn.Conv(16, (3, 3), padding="VALID")(obs.astype(jnp.float32)))
+        x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(self.num_actions)(x), x
+
+
+def synthetic_dataset(frame_shape, dtype, rows: int, num_actions: int, history: int = 1, seed: int = 0) -> C.Dataset:
+    """Random transitions of the given observation shape (speed does not depend on the values)."""
+    rng = np.random.default_rng(seed)
+    obs = (rng.random((rows, *frame_shape)) * (255 if dtype == np.uint8 else 1)).astype(dtype)
+    terminal = (rng.random(rows) < 0.01).astype(np.float32)
+    return C.make_dataset(obs, rng.integers(num_actions, size=rows), rng.normal(size=rows), terminal,
+                          np.arange(history - 1, rows - 1), num_actions, history)
+
+
+def matmul_peak_flops(n: int = 1024, repeats: int = 20) -> float:
+    """FLOP/s of a float32 n x n matmul on this device: the roofline the other rows are divided by."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def compiled_flops(fn, *args) -> float:
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def time_chunks(net, ds, cfg: C.TrainConfig, members, repeats: int) -> tuple[float, float]:
+    """(seconds per chunk, FLOPs per chunk) of the trainer's compiled chunk for these members."""
+    state = C.init_members(net, ds.stacked_obs(ds.valid[:1]), members, cfg.optimizer)
+    order = ds.valid
+    sizes = jnp.full((len(members),), len(ds), jnp.int32)
+    fn = C.make_chunk_fn(net, cfg, cfg.chunk_steps)
+    # XLA's cost analysis counts a loop body once, so FLOPs per step come from a one-step chunk.
+    flops = compiled_flops(C.make_chunk_fn(net, cfg, 1), state, ds, order, sizes) * cfg.chunk_steps
+    state, loss, _ = fn(state, ds, order, sizes)  # compile and warm up
+    loss.block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        state, loss, _ = fn(state, ds, order, sizes)
+    loss.block_until_ready()
+    return (time.perf_counter() - start) / repeats, flops
+
+
+def time_step_loop(net, ds, cfg: C.TrainConfig, steps: int) -> float:
+    """Steps/s of the usual pattern: host-side sampling and one jitted update call per step."""
+    opt = C.make_optimizer(cfg.optimizer, 3e-4)
+    obs, action, reward = np.asarray(ds.obs), np.asarray(ds.action), np.asarray(ds.reward)
+    discount, valid = 1.0 - np.asarray(ds.terminal), np.asarray(ds.valid)
+    params = net.init(jax.random.key(0), obs[:1])
+    target, opt_state = params, opt.init(params)
+
+    @jax.jit
+    def update(params, target, opt_state, batch):
+        grads = jax.grad(lambda p: C.agent_loss("double_dqn", net.apply, p, target, batch, cfg.gamma)[0])(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return jax.tree_util.tree_map(lambda p, u: p + u, params, updates), opt_state
+
+    rng = np.random.default_rng(0)
+
+    def one(params, opt_state):
+        rows = valid[rng.integers(len(valid), size=cfg.batch_size)]
+        batch = C.Batch(obs[rows], action[rows], reward[rows], discount[rows], obs[rows + 1], action[rows + 1],
+                        reward[rows])
+        return update(params, target, opt_state, batch)
+
+    params, opt_state = one(params, opt_state)
+    jax.block_until_ready(params)
+    start = time.perf_counter()
+    for i in range(steps):
+        params, opt_state = one(params, opt_state)
+        if (i + 1) % cfg.target_update_period == 0:
+            target = params
+    jax.block_until_ready(params)
+    return steps / (time.perf_counter() - start)
+
+
+def row(name: str, steps_per_s: float, flops_per_step: float, peak: float, **extra) -> dict:
+    return {"name": name, "steps_per_s": float(f"{steps_per_s:.4g}"), "flops_per_step": flops_per_step,
+            "roofline_fraction": round(steps_per_s * flops_per_step / peak, 4) if np.isfinite(flops_per_step) else None,
+            **extra}
+
+
+def main(args: Args) -> None:
+    scale = 0.2 if args.quick else 1.0
+    peak = matmul_peak_flops()
+    print(f"device: {jax.devices()[0]} ({jax.device_count()} device(s)); float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    rows = []
+
+    # --- the bsuite setting: 2x64 ReLU MLP, batch 32, catch-shaped data -------------------------
+    catch = synthetic_dataset((10, 5), np.float32, 50_000, 3)
+    mlp = C.MLP(3, (64, 64))
+    cfg = C.TrainConfig(chunk_steps=int(5_000 * scale), num_steps=int(5_000 * scale), eval_every=0)
+    one = [C.Member(0, 3e-4, "x")]
+    seconds, flops = time_chunks(mlp, catch, cfg, one, repeats=4)
+    mlp_rate = cfg.chunk_steps / seconds
+    baseline = time_step_loop(mlp, catch, cfg, int(2_000 * scale))
+    rows.append(row("step_loop_baseline", baseline, flops / cfg.chunk_steps, peak))
+    rows.append(row("offline_dqn_mlp_b32", mlp_rate, flops / cfg.chunk_steps, peak,
+                    speedup_vs_step_loop=round(mlp_rate / baseline, 2)))
+
+    # --- 12 learning rates as one vmapped program against 12 separate runs ----------------------
+    sweep = [C.Member(0, float(lr), f"lr={lr:g}") for lr in np.geomspace(1e-5, 1e-1, 12)]
+    sweep_seconds, sweep_flops = time_chunks(mlp, catch, cfg, sweep, repeats=2)
+    rows.append(row("lr_sweep_12", 12 * cfg.chunk_steps / sweep_seconds, sweep_flops / (12 * cfg.chunk_steps), peak,
+                    cost_vs_12_separate_runs=round(sweep_seconds / (12 * seconds), 3),
+                    cost_vs_one_run=round(sweep_seconds / seconds, 2)))
+
+    # --- MinAtar CNN at batch 32: im2col against flax.linen.Conv --------------------------------
+    minatar = synthetic_dataset((10, 10, 4), np.uint8, 50_000, 6)
+    cfg_cnn = dataclasses.replace(cfg, chunk_steps=int(1_000 * scale), num_steps=int(1_000 * scale))
+    seconds, flops = time_chunks(C.MinAtarCNN(6), minatar, cfg_cnn, one, repeats=3)
+    flax_seconds, flax_flops = time_chunks(FlaxConvMinAtarCNN(6), minatar, cfg_cnn, one, repeats=2)
+    rows.append(row("minatar_cnn_flax_conv_b32", cfg_cnn.chunk_steps / flax_seconds, flax_flops / cfg_cnn.chunk_steps,
+                    peak))
+    rows.append(row("offline_dqn_minatar_cnn_b32", cfg_cnn.chunk_steps / seconds, flops / cfg_cnn.chunk_steps, peak,
+                    speedup_vs_flax_conv=round(flax_seconds / seconds, 2)))
+
+    # --- Nature CNN at batch 256 (the paper's Atari setting) ------------------------------------
+    atari = synthetic_dataset((84, 84), np.uint8, 5_000, 6, history=4)
+    on_cpu = jax.devices()[0].platform == "cpu"
+    steps = 2 if on_cpu else 200
+    cfg_atari = dataclasses.replace(cfg, batch_size=256, chunk_steps=steps, num_steps=steps)
+    seconds, flops = time_chunks(C.NatureCNN(6), atari, cfg_atari, one, repeats=1 if on_cpu else 5)
+    rows.append(row("offline_dqn_nature_cnn_b256", steps / seconds, flops / steps, peak))
+
+    # --- evaluation and storage ----------------------------------------------------------------
+    for env_id, net, shape in (("bsuite/catch", mlp, (1, 10, 5)), ("minatar/breakout", C.MinAtarCNN(3), (1, 10, 10, 4))):
+        params = jax.vmap(lambda k: net.init(k, jnp.zeros(shape)))(jax.random.split(jax.random.key(0), 4))
+        C.evaluate_policies(net, params, env_id, 2, seed=0, max_steps=50)  # compile
+        episodes = 8
+        start = time.perf_counter()
+        C.evaluate_policies(net, params, env_id, episodes, seed=1, max_steps=2_000)
+        rows.append({"name": f"eval_episodes_per_s_{env_id.split('/')[0]}",
+                     "episodes_per_s": round(4 * episodes / (time.perf_counter() - start), 1)})
+    for name, ds, frame in (("minatar", minatar, 10 * 10 * 4), ("atari", atari, 84 * 84)):
+        per = ds.nbytes() / ds.obs.shape[0]
+        rows.append({"name": f"bytes_per_transition_{name}", "bytes": round(per, 1),
+                     "frame_bytes": frame, "ratio_to_one_frame": round(per / frame, 3)})
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps({"device": str(jax.devices()[0]), "matmul_peak_flops": peak,
+                                                     "rows": rows}, indent=2))
+    print(f"\n{'name':34s} {'steps/s':>10s} {'MFLOP/step':>11s} {'roofline':>9s}  notes")
+    for r in rows:
+        notes = ", ".join(f"{k}={v}" for k, v in r.items()
+                          if k not in ("name", "steps_per_s", "flops_per_step", "roofline_fraction"))
+        if "steps_per_s" in r:
+            print(f"{r['name']:34s} {r['steps_per_s']:10.4g} {r['flops_per_step'] / 1e6:11.3f} "
+                  f"{(r['roofline_fraction'] or 0):9.2%}  {notes}")
+        else:
+            print(f"{r['name']:34s} {'':10s} {'':11s} {'':9s}  {notes}")
+    print(f"\nwrote {args.out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(Args))
