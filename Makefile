@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-SCRIPTS := exp_lr_sweep
+SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness
 
 .PHONY: setup test unit smoke figures bench clean $(SCRIPTS)
 

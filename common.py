@@ -879,16 +879,20 @@ def make_optimizer(name: str, learning_rate: float | Array = 0.0) -> optax.Gradi
 def init_members(net: nn.Module, sample_obs: Array, members: Sequence[Member], optimizer: str) -> TrainState:
     """Stacked initial states: member m's parameters depend only on its seed, so members that share a
     seed (e.g. the 12 learning rates of one seed) start from the same weights."""
+    keys = jnp.stack([jax.random.key_data(jax.random.key(m.seed)) for m in members])
+    lrs = jnp.asarray([m.learning_rate for m in members], jnp.float32)
+    return _init_fn(net, optimizer)(jnp.asarray(sample_obs), keys, lrs)
 
-    def init_one(key, lr):
-        init_key, train_key = jax.random.split(key)
+
+@functools.lru_cache(maxsize=32)  # compiled once per (network, optimizer), not once per run
+def _init_fn(net: nn.Module, optimizer: str) -> Callable:
+    def init_one(sample_obs, key_data, lr):
+        init_key, train_key = jax.random.split(jax.random.wrap_key_data(key_data))
         params = net.init(init_key, sample_obs)
         opt_state = make_optimizer(optimizer, lr).init(params)
         return TrainState(params, params, opt_state, train_key, jnp.zeros((), jnp.int32))
 
-    keys = jnp.stack([jax.random.key_data(jax.random.key(m.seed)) for m in members])
-    lrs = jnp.asarray([m.learning_rate for m in members], jnp.float32)
-    return jax.jit(jax.vmap(lambda k, lr: init_one(jax.random.wrap_key_data(k), lr)))(keys, lrs)
+    return jax.jit(jax.vmap(init_one, in_axes=(None, 0, 0)))
 
 
 def initial_params(net: nn.Module, sample_obs: Array, seeds: Sequence[int]) -> PyTree:
@@ -1133,17 +1137,7 @@ def evaluate_policies(
     members = jax.tree_util.tree_leaves(params)[0].shape[0]
     env = make_env(env_id, members * num_episodes, seed)
     key = jax.random.key(seed)
-
-    @jax.jit
-    def act(params, obs, key):
-        transform_key, explore_key, random_key = jax.random.split(key, 3)
-        if obs_transform is not None:
-            obs = obs_transform(transform_key, obs)
-        obs = obs.reshape(members, num_episodes, *obs.shape[1:])
-        q = jax.vmap(lambda p, o: net.apply(p, o)[0])(params, obs).reshape(members * num_episodes, -1)
-        greedy = jnp.argmax(q, axis=-1)
-        explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
-        return jnp.where(explore, jax.random.randint(random_key, greedy.shape, 0, q.shape[-1]), greedy)
+    act = _act_fn(net, members, num_episodes, epsilon, obs_transform)
 
     obs = env.reset()
     stack = HistoryStack(obs, history) if history > 1 and env.frames_stacked == 1 else None
@@ -1160,6 +1154,22 @@ def evaluate_policies(
         net_obs = stack.push(obs, terminated | truncated) if stack else obs
     env.close()
     return returns.reshape(members, num_episodes)
+
+
+@functools.lru_cache(maxsize=64)  # repeated evaluations of a run reuse one compiled policy
+def _act_fn(net: nn.Module, members: int, num_episodes: int, epsilon: float, obs_transform: Callable | None):
+    @jax.jit
+    def act(params, obs, key):
+        transform_key, explore_key, random_key = jax.random.split(key, 3)
+        if obs_transform is not None:
+            obs = obs_transform(transform_key, obs)
+        obs = obs.reshape(members, num_episodes, *obs.shape[1:])
+        q = jax.vmap(lambda p, o: net.apply(p, o)[0])(params, obs).reshape(members * num_episodes, -1)
+        greedy = jnp.argmax(q, axis=-1)
+        explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
+        return jnp.where(explore, jax.random.randint(random_key, greedy.shape, 0, q.shape[-1]), greedy)
+
+    return act
 
 
 # ---- observation perturbations: jitted, batched, applied through evaluate_policies' hook ---------
@@ -1363,6 +1373,23 @@ def cli(args_type: type, main: Callable[[Any], None], description: str | None = 
         print("\ninterrupted: finished chunks are checkpointed; run the same command again to resume",
               file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def run_study(args: Any, presets: dict[str, Any], *, run: Callable, claims: Callable, plot: Callable) -> None:
+    """The flow every script's main() shares: resolve the preset, train and write metrics.csv
+    (``run(config, out)``, which may return extra meta.json fields) unless ``--plot-only``, then
+    compute ``claims(metrics, config)`` and draw ``plot(metrics, config, out)`` from metrics.csv."""
+    config = resolve_preset(args, presets)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    if not args.plot_only:
+        extra = run(config, out)
+        write_meta(out, args, config, time.time() - start, extra)
+    metrics = Metrics(out / "metrics.csv")
+    write_claims(out, claims(metrics, config))
+    plot(metrics, config, out)
+    print(f"wrote {out}/ in {time.time() - start:.0f} s")
 
 
 def check_env_ids(env_ids: Iterable[str]) -> None:

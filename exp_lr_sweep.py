@@ -20,7 +20,6 @@ dormant fraction on a fixed 512-state probe batch; every ``eval_every`` steps: o
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -164,7 +163,7 @@ def at_step(metrics: C.Metrics, step: int, **where) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 
 
-def run(cfg: Config, out: Path) -> None:
+def run(cfg: Config, out: Path) -> dict:
     C.check_env_ids(cfg.env)
     train_cfg = C.TrainConfig(loss="double_dqn", num_steps=cfg.num_steps, chunk_steps=cfg.chunk_steps,
                               early_chunk_steps=cfg.early_chunk_steps, batch_size=cfg.batch_size,
@@ -185,6 +184,7 @@ def run(cfg: Config, out: Path) -> None:
                                  checkpoint_dir=out / "checkpoints", run_name="exp_lr_sweep")
         rows += result.rows
     C.write_metrics(out, rows)
+    return {"learning_rates": learning_rates(cfg).tolist()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,18 +365,7 @@ def lrs_by_return(m: C.Metrics, env: str, step: int) -> float:
 
 
 def main(args: Args) -> None:
-    cfg = C.resolve_preset(args, PRESETS)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    if not args.plot_only:
-        run(cfg, out)
-        C.write_meta(out, args, cfg, time.time() - start,
-                     {"learning_rates": learning_rates(cfg).tolist()})
-    metrics = C.Metrics(out / "metrics.csv")
-    C.write_claims(out, claims(metrics, cfg))
-    plot(metrics, cfg, out)
-    print(f"wrote {out}/ in {time.time() - start:.0f} s")
+    C.run_study(args, PRESETS, run=run, claims=claims, plot=plot)
 
 
 if __name__ == "__main__":
