@@ -22,8 +22,9 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
 	touch $(STAMP)
 
+# Two workers: the 2-core CI machine compiles two scripts' programs at once.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 unit: setup
 	$(PY) -m pytest -q tests -m "not smoke"

@@ -33,7 +33,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Literal, NamedTuple, Sequence
 
 import flax
 import flax.linen as nn
@@ -1375,12 +1375,30 @@ def cli(args_type: type, main: Callable[[Any], None], description: str | None = 
         raise SystemExit(130) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class StudyArgs:
+    """Options every experiment script takes; each script's ``Args`` adds its own knobs."""
+
+    preset: Literal["smoke", "cpu", "paper"] = "cpu"
+    """smoke: seconds, for the tests; cpu: ~15 min on 2 CPU cores with datasets made locally; paper: the
+    paper's protocol and hyperparameters (meant for a GPU; Atari data from --data-dir)."""
+    env: tuple[str, ...] | None = None
+    """Environment ids (bsuite/<game>, minatar/<game>, atari/<Game>); default: the preset's."""
+    seeds: int | None = None
+    """Seeds per configuration; default: the preset's."""
+    out: Path | None = None
+    """Output directory for metrics.csv, meta.json, claims.json, figures, checkpoints; default: results/<script>/."""
+    plot_only: bool = False
+    """Redraw the figures and claims from an existing metrics.csv without training."""
+
+
 def run_study(args: Any, presets: dict[str, Any], *, run: Callable, claims: Callable, plot: Callable) -> None:
     """The flow every script's main() shares: resolve the preset, train and write metrics.csv
     (``run(config, out)``, which may return extra meta.json fields) unless ``--plot-only``, then
     compute ``claims(metrics, config)`` and draw ``plot(metrics, config, out)`` from metrics.csv."""
     config = resolve_preset(args, presets)
-    out = Path(args.out)
+    script = Path(sys.modules[type(args).__module__].__file__).stem
+    out = Path(args.out) if args.out is not None else Path("results") / script
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if not args.plot_only:

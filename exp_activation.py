@@ -117,16 +117,10 @@ PRESETS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(C.StudyArgs):
     """Offline double DQN with ReLU, ELU and tanh networks, LSTM cell activations, depths, bottleneck
     widths: rank, dead units, sparsity and the Hessian spectrum."""
 
-    preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    """smoke: seconds (tests); cpu: ~15 min on 2 CPU cores; paper: 1M steps, 5 seeds (GPU)."""
-    env: tuple[str, ...] | None = None
-    """Environments of the activation and depth studies (Fig. 9/23/37), e.g. bsuite/catch; default: the preset's."""
-    seeds: int | None = None
-    """Seeds per network (vmapped members of one trainer call)."""
     num_steps: int | None = None
     """Gradient steps of the activation study (Fig. 9/37)."""
     depth_steps: int | None = None
@@ -139,10 +133,6 @@ class Args:
     """Gradient steps before the Hessian of the one-hidden-layer networks is taken (Fig. 24/25)."""
     studies: tuple[Study, ...] | None = None
     """Sub-studies to run (default: all); figures of the others are skipped."""
-    out: Path = Path("results/exp_activation")
-    """Output directory (metrics.csv, meta.json, claims.json, gram.npz, hessian.npz, figures, checkpoints)."""
-    plot_only: bool = False
-    """Redraw the figures and claims from existing files in --out without training."""
 
 
 def act_label(act: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -65,15 +64,9 @@ PRESETS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(C.StudyArgs):
     """Offline double DQN on 5%..100% of one dataset: srank, dead units and return over training."""
 
-    preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    """smoke: seconds (tests); cpu: ~15 min on 2 CPU cores; paper: the paper's Atari protocol (GPU)."""
-    env: tuple[str, ...] | None = None
-    """Environment ids (bsuite/<game>, minatar/<game>, atari/<Game>); default: the preset's."""
-    seeds: int | None = None
-    """Seeds per fraction."""
     num_steps: int | None = None
     """Gradient steps per run."""
     fractions: tuple[float, ...] | None = None
@@ -82,10 +75,6 @@ class Args:
     """Transitions collected for bsuite/MinAtar datasets (the 100% dataset)."""
     data_dir: str | None = None
     """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
-    out: Path = Path("results/exp_dataset_size")
-    """Output directory (metrics.csv, meta.json, claims.json, figures, checkpoints)."""
-    plot_only: bool = False
-    """Redraw the figures and claims from an existing metrics.csv without training."""
 
 
 def frac_label(fraction: float) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -73,15 +72,9 @@ PRESETS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(C.StudyArgs):
     """Offline double DQN trained with 12 learning rates: phases, rank, dead units, policy selection."""
 
-    preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    """smoke: seconds (tests); cpu: ~15 min on 2 CPU cores; paper: the paper's Atari protocol (GPU)."""
-    env: tuple[str, ...] | None = None
-    """Environment ids (bsuite/<game>, minatar/<game>, atari/<Game>); default: the preset's."""
-    seeds: int | None = None
-    """Seeds per learning rate."""
     num_steps: int | None = None
     """Gradient steps per run."""
     lr_min: float | None = None
@@ -94,10 +87,6 @@ class Args:
     """Gradient steps between online evaluations."""
     data_dir: str | None = None
     """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
-    out: Path = Path("results/exp_lr_sweep")
-    """Output directory (metrics.csv, meta.json, claims.json, figures, checkpoints)."""
-    plot_only: bool = False
-    """Redraw the figures and claims from an existing metrics.csv without training."""
 
 
 def learning_rates(cfg: Config) -> np.ndarray:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -74,15 +73,9 @@ PRESETS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(C.StudyArgs):
     """Offline DQN vs behaviour cloning: rank, returns, robustness to shifted and scaled observations."""
 
-    preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    """smoke: seconds (tests); cpu: ~15 min on 2 CPU cores; paper: the paper's Atari protocol (GPU)."""
-    env: tuple[str, ...] | None = None
-    """Environment ids with image observations (minatar/<game>, atari/<Game>); default: the preset's."""
-    seeds: int | None = None
-    """Seeds per agent."""
     num_steps: int | None = None
     """Gradient steps per run."""
     shift_levels: tuple[int, ...] | None = None
@@ -91,10 +84,6 @@ class Args:
     """Random-scaling strengths s: zoom factors from [1 - s, 1 + s] (0 = unperturbed)."""
     data_dir: str | None = None
     """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
-    out: Path = Path("results/exp_robustness")
-    """Output directory (metrics.csv, meta.json, claims.json, figures, checkpoints)."""
-    plot_only: bool = False
-    """Redraw the figures and claims from an existing metrics.csv without training."""
 
 
 PERTURBATIONS = {"shift": C.random_shift, "scale": C.random_scale}

@@ -104,15 +104,9 @@ PRESETS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(C.StudyArgs):
     """Tandem (active vs passive double DQN, Adam and RMSProp) and forked tandem (DQN, BVE, MC)."""
 
-    preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    """smoke: seconds (tests); cpu: ~15 min on 2 CPU cores; paper: Tandem DQN's Atari protocol (GPU)."""
-    env: tuple[str, ...] | None = None
-    """Environment ids (bsuite/<game>, minatar/<game>, atari/<Game>); default: the preset's."""
-    seeds: int | None = None
-    """Seeds (each runs its own active and passive agents and its own environments)."""
     num_env_steps: int | None = None
     """Environment steps per seed of a tandem run (the forked run ends at the same step)."""
     num_envs: int | None = None
@@ -125,10 +119,6 @@ class Args:
     """Fraction of the run after which the active agent is forked and frozen."""
     eval_every: int | None = None
     """Environment steps between evaluations (a multiple of log_every)."""
-    out: Path = Path("results/exp_tandem")
-    """Output directory (metrics.csv, meta.json, claims.json, figures, finished-run checkpoints)."""
-    plot_only: bool = False
-    """Redraw the figures and claims from an existing metrics.csv without training."""
 
 
 TANDEM_AGENTS = ("active", "passive")
