@@ -1392,6 +1392,40 @@ class StudyArgs:
     """Redraw the figures and claims from an existing metrics.csv without training."""
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OfflineStudyConfig:
+    """Settings every offline study shares (a script's Config extends it): what to train on, for
+    how long, how often to evaluate, and the dataset to make or load."""
+
+    env: tuple[str, ...]
+    seeds: int
+    num_steps: int  # gradient steps per run
+    chunk_steps: int  # gradient steps per compiled call (metrics are taken between chunks)
+    early_chunk_steps: int = 0  # finer chunks over the first chunk (resolves the early collapse)
+    eval_every: int
+    eval_episodes: int
+    batch_size: int
+    target_update_period: int
+    dataset_noise: float  # bsuite/MinAtar collection: probability of a random action
+    dataset_size: int  # bsuite/MinAtar collection: transitions
+    data_dir: str | None = None  # Atari: the DQN Replay root
+    replay_checkpoints: tuple[int, ...] = (0,)  # Atari: which DQN Replay checkpoints to load
+
+    def train_config(self, loss: str = "double_dqn") -> TrainConfig:
+        return TrainConfig(loss=loss, num_steps=self.num_steps, chunk_steps=self.chunk_steps,
+                           early_chunk_steps=self.early_chunk_steps, batch_size=self.batch_size,
+                           target_update_period=self.target_update_period, eval_every=self.eval_every,
+                           clip_rewards=all(e.startswith("atari/") for e in self.env))
+
+    def dataset(self, env_id: str) -> Dataset:
+        return offline_dataset(env_id, noise=self.dataset_noise, num_transitions=self.dataset_size, seed=0,
+                               data_dir=self.data_dir, checkpoints=self.replay_checkpoints)
+
+    def evaluator(self, net: nn.Module, env_id: str) -> Callable[[PyTree], np.ndarray]:
+        """Stacked params -> each member's mean return over ``eval_episodes`` greedy episodes."""
+        return lambda params: evaluate_policies(net, params, env_id, self.eval_episodes, seed=10_000).mean(axis=1)
+
+
 def run_study(args: Any, presets: dict[str, Any], *, run: Callable, claims: Callable, plot: Callable) -> None:
     """The flow every script's main() shares: resolve the preset, train and write metrics.csv
     (``run(config, out)``, which may return extra meta.json fields) unless ``--plot-only``, then

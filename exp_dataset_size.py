@@ -23,24 +23,11 @@ import numpy as np
 import common as C
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    env: tuple[str, ...]
-    seeds: int
-    num_steps: int
-    chunk_steps: int
-    early_chunk_steps: int
-    eval_every: int
-    eval_episodes: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(C.OfflineStudyConfig):
     fractions: tuple[float, ...]
     learning_rate: float
-    batch_size: int
-    target_update_period: int
-    dataset_noise: float
-    dataset_size: int
     subsample_seed: int = 0
-    data_dir: str | None = None
-    replay_checkpoints: tuple[int, ...] = (0,)
 
 
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -83,26 +70,17 @@ def frac_label(fraction: float) -> str:
 
 def run(cfg: Config, out: Path) -> None:
     C.check_env_ids(cfg.env)
-    train_cfg = C.TrainConfig(loss="double_dqn", num_steps=cfg.num_steps, chunk_steps=cfg.chunk_steps,
-                              early_chunk_steps=cfg.early_chunk_steps, batch_size=cfg.batch_size,
-                              target_update_period=cfg.target_update_period, eval_every=cfg.eval_every,
-                              clip_rewards=all(e.startswith("atari/") for e in cfg.env))
     rows = []
     for env_id in cfg.env:
-        ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size, seed=0,
-                               data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
+        ds = cfg.dataset(env_id)
         # One seeded order of the transitions; fraction f trains on its first f (nested subsets).
         order = np.asarray(ds.valid)[np.random.default_rng(cfg.subsample_seed).permutation(len(ds))]
         members = [C.Member(seed=s, learning_rate=cfg.learning_rate, config=frac_label(f),
                             data_size=max(cfg.batch_size, int(round(f * len(ds)))))
                    for s in range(cfg.seeds) for f in cfg.fractions]
         net = C.default_network(env_id, ds.num_actions)
-
-        def evaluate(params, env_id=env_id, net=net):
-            return C.evaluate_policies(net, params, env_id, cfg.eval_episodes, seed=10_000).mean(axis=1)
-
-        result = C.train_offline(net, ds, train_cfg, members, env_id=env_id, agent="dqn", order=order,
-                                 evaluate_fn=evaluate, checkpoint_dir=out / "checkpoints",
+        result = C.train_offline(net, ds, cfg.train_config(), members, env_id=env_id, agent="dqn", order=order,
+                                 evaluate_fn=cfg.evaluator(net, env_id), checkpoint_dir=out / "checkpoints",
                                  run_name="exp_dataset_size")
         rows += result.rows
     C.write_metrics(out, rows)

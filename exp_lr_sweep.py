@@ -31,24 +31,11 @@ import common as C
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    env: tuple[str, ...]
-    seeds: int
-    num_steps: int
-    chunk_steps: int
-    early_chunk_steps: int
-    eval_every: int
-    eval_episodes: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(C.OfflineStudyConfig):
     lr_min: float
     lr_max: float
     num_lrs: int
-    batch_size: int
-    target_update_period: int
-    dataset_noise: float
-    dataset_size: int
-    data_dir: str | None = None
-    replay_checkpoints: tuple[int, ...] = (0,)
     short_fraction: float = 0.25  # the "shorter training length" of Fig. 5 and Fig. 19/20
 
 
@@ -154,23 +141,15 @@ def at_step(metrics: C.Metrics, step: int, **where) -> np.ndarray:
 
 def run(cfg: Config, out: Path) -> dict:
     C.check_env_ids(cfg.env)
-    train_cfg = C.TrainConfig(loss="double_dqn", num_steps=cfg.num_steps, chunk_steps=cfg.chunk_steps,
-                              early_chunk_steps=cfg.early_chunk_steps, batch_size=cfg.batch_size,
-                              target_update_period=cfg.target_update_period, eval_every=cfg.eval_every,
-                              clip_rewards=all(e.startswith("atari/") for e in cfg.env))
     members = [C.Member(seed=s, learning_rate=float(lr), config=lr_label(lr))
                for s in range(cfg.seeds) for lr in learning_rates(cfg)]
     rows = []
     for env_id in cfg.env:
-        ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size, seed=0,
-                               data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
+        ds = cfg.dataset(env_id)
         net = C.default_network(env_id, ds.num_actions)
-
-        def evaluate(params, env_id=env_id, net=net):
-            return C.evaluate_policies(net, params, env_id, cfg.eval_episodes, seed=10_000).mean(axis=1)
-
-        result = C.train_offline(net, ds, train_cfg, members, env_id=env_id, agent="dqn", evaluate_fn=evaluate,
-                                 checkpoint_dir=out / "checkpoints", run_name="exp_lr_sweep")
+        result = C.train_offline(net, ds, cfg.train_config(), members, env_id=env_id, agent="dqn",
+                                 evaluate_fn=cfg.evaluator(net, env_id), checkpoint_dir=out / "checkpoints",
+                                 run_name="exp_lr_sweep")
         rows += result.rows
     C.write_metrics(out, rows)
     return {"learning_rates": learning_rates(cfg).tolist()}

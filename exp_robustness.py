@@ -31,25 +31,13 @@ import numpy as np
 import common as C
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    env: tuple[str, ...]
-    seeds: int
-    num_steps: int
-    chunk_steps: int
-    eval_every: int
-    eval_episodes: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(C.OfflineStudyConfig):
     perturbed_episodes: int
     dqn_learning_rate: float
     bc_learning_rates: tuple[float, ...]  # the default rate and a large one (Fig. 13)
-    batch_size: int
-    target_update_period: int
-    dataset_noise: float
-    dataset_size: int
     shift_levels: tuple[int, ...]
     scale_levels: tuple[float, ...]
-    data_dir: str | None = None
-    replay_checkpoints: tuple[int, ...] = (0,)
 
 
 PRESETS = {
@@ -99,23 +87,15 @@ def run(cfg: Config, out: Path) -> None:
         raise ValueError("the robustness study perturbs images: use minatar/<game> or atari/<Game> ids")
     rows = []
     for env_id in cfg.env:
-        ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size, seed=0,
-                               data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
+        ds = cfg.dataset(env_id)
         net = C.default_network(env_id, ds.num_actions)
         agents = {
             "dqn": [C.Member(s, cfg.dqn_learning_rate, f"lr={cfg.dqn_learning_rate:g}") for s in range(cfg.seeds)],
             "bc": [C.Member(s, lr, f"lr={lr:g}") for s in range(cfg.seeds) for lr in cfg.bc_learning_rates],
         }
         for agent, members in agents.items():
-            train_cfg = C.TrainConfig(loss="double_dqn" if agent == "dqn" else "bc", num_steps=cfg.num_steps,
-                                      chunk_steps=cfg.chunk_steps, batch_size=cfg.batch_size,
-                                      target_update_period=cfg.target_update_period, eval_every=cfg.eval_every,
-                                      clip_rewards=env_id.startswith("atari/"))
-
-            def evaluate(params, env_id=env_id, net=net):
-                return C.evaluate_policies(net, params, env_id, cfg.eval_episodes, seed=10_000).mean(axis=1)
-
-            result = C.train_offline(net, ds, train_cfg, members, env_id=env_id, agent=agent, evaluate_fn=evaluate,
+            result = C.train_offline(net, ds, cfg.train_config("double_dqn" if agent == "dqn" else "bc"), members,
+                                     env_id=env_id, agent=agent, evaluate_fn=cfg.evaluator(net, env_id),
                                      checkpoint_dir=out / "checkpoints", run_name="exp_robustness")
             rows += result.rows
             rows += perturbed_returns(cfg, env_id, net, agent, members, result.state.params)

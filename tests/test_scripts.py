@@ -1,6 +1,7 @@
 """Smoke runs of every experiment script (`--preset smoke`, seconds each) and their CLI errors."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ SCRIPTS = sorted(p.stem for p in REPO.glob("exp_*.py"))
 
 def run_script(script, *args, tmp_path):
     return subprocess.run([sys.executable, str(REPO / f"{script}.py"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, env={**__import__("os").environ, "RANKRL_DATA_DIR": str(tmp_path / "data")})
+                          text=True, timeout=600, env={**os.environ, "RANKRL_DATA_DIR": str(tmp_path / "data")})
 
 
 @pytest.mark.smoke
