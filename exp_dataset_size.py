@@ -1,6 +1,6 @@
 """How the amount of data shapes rank and performance (Section 4.2, Figure 6 of Gulcehre et al. 2022).
 
-    make exp_dataset_size                     # cpu preset: bsuite catch, cartpole, mountain_car
+    make exp_dataset_size                     # cpu preset: MinAtar breakout and space_invaders
     python exp_dataset_size.py --preset paper --data-dir /data/dqn_replay   # Atari Asterix, Zaxxon
     python exp_dataset_size.py --plot-only    # redraw from results/exp_dataset_size/metrics.csv
 
@@ -33,13 +33,12 @@ class Config(C.OfflineStudyConfig):
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 PRESETS = {
-    # bsuite, not MinAtar: the MinAtar CNN trains at ~300 member-steps/s on 2 CPU cores, which would
-    # leave ~15k steps per member for 5 fractions x 2 seeds x 2 games in 15 minutes; the 2x64 MLP
-    # gets ~11k member-steps/s, so each fraction trains for 1e5 steps (the paper's 1e6 scaled 10x).
-    "cpu": Config(env=("bsuite/catch", "bsuite/cartpole", "bsuite/mountain_car"), seeds=2, num_steps=100_000,
-                  chunk_steps=1_000, early_chunk_steps=100, eval_every=10_000, eval_episodes=10, fractions=FRACTIONS,
-                  learning_rate=3e-4, batch_size=32, target_update_period=100, dataset_noise=0.1,
-                  dataset_size=50_000),
+    # MinAtar (image observations, the MinAtar CNN) with locally collected 50k-transition datasets:
+    # 5 fractions x 2 seeds train as one program at ~900 member-steps/s on 2 CPU cores, so 3e4 steps
+    # per run on two games fit ~15 minutes. Batch 32, Adam 3e-4 (the paper's bsuite rate), discount 0.99.
+    "cpu": Config(env=("minatar/breakout", "minatar/space_invaders"), seeds=2, num_steps=30_000, chunk_steps=500,
+                  early_chunk_steps=100, eval_every=3_000, eval_episodes=8, fractions=FRACTIONS, learning_rate=3e-4,
+                  batch_size=32, target_update_period=1_000, dataset_noise=0.1, dataset_size=50_000),
     "paper": Config(env=("atari/Asterix", "atari/Zaxxon"), seeds=5, num_steps=2_000_000, chunk_steps=10_000,
                     early_chunk_steps=1_000, eval_every=100_000, eval_episodes=10, fractions=FRACTIONS,
                     learning_rate=3e-5, batch_size=256, target_update_period=2_500, dataset_noise=0.0, dataset_size=0,
