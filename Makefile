@@ -38,10 +38,11 @@ $(SCRIPTS): setup
 	mkdir -p figures && cp results/$@/fig*.png figures/
 
 figures: $(SCRIPTS)
-	$(PY) tests/update_readme.py
+	$(PY) tests/update_readme.py --claims
 
 bench: setup
 	$(PY) tests/bench.py --out results/bench
+	$(PY) tests/update_readme.py --bench
 
 clean:
 	rm -rf results .pytest_cache __pycache__ tests/__pycache__
