@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -191,7 +193,9 @@ def main(args: Args) -> None:
                      "frame_bytes": frame, "ratio_to_one_frame": round(per / frame, 3)})
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps({"device": str(jax.devices()[0]), "matmul_peak_flops": peak,
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    (args.out / "bench.json").write_text(json.dumps({"device": str(jax.devices()[0]), "machine": machine,
+                                                     "matmul_peak_flops": peak,
                                                      "rows": rows}, indent=2))
     print(f"\n{'name':34s} {'steps/s':>10s} {'MFLOP/step':>11s} {'roofline':>9s}  notes")
     for r in rows:

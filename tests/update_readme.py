@@ -22,14 +22,16 @@ def claims_table(results: Path) -> str:
 
 def bench_table(path: Path) -> str:
     bench = json.loads(path.read_text())
-    lines = [f"Measured by `make bench` on {bench['device']} (float32 matmul peak "
+    machine = bench.get("machine", "the project's 2-core x86_64 CPU machine")
+    lines = [f"Measured by `make bench` on {bench['device']}, {machine} (float32 matmul peak "
              f"{bench['matmul_peak_flops'] / 1e9:.0f} GFLOP/s measured in the same run).", "",
              "| row | steps/s | MFLOP/step | roofline | notes |", "|---|---|---|---|---|"]
     for r in bench["rows"]:
         notes = ", ".join(f"{k} = {v}" for k, v in r.items()
                           if k not in ("name", "steps_per_s", "flops_per_step", "roofline_fraction"))
         if "steps_per_s" in r:
-            lines.append(f"| `{r['name']}` | {r['steps_per_s']:,.4g} | {r['flops_per_step'] / 1e6:.2f} | "
+            rate = f"{r['steps_per_s']:,.0f}" if r["steps_per_s"] >= 100 else f"{r['steps_per_s']:.3g}"
+            lines.append(f"| `{r['name']}` | {rate} | {r['flops_per_step'] / 1e6:,.2f} | "
                          f"{(r['roofline_fraction'] or 0):.1%} | {notes} |")
         else:
             lines.append(f"| `{r['name']}` | | | | {notes} |")
