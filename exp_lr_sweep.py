@@ -316,17 +316,24 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for env in envs:
         steps = sorted({r["step"] for r in m.select(env=env, metric="return") if r["step"] > 0})
-        best = [lrs_by_return(m, env, s) for s in steps]
-        ax.plot(steps, best, marker="o", ms=3, label=env)
-    ax.set(yscale="log", xlabel="gradient steps", ylabel="best learning rate (seed-mean return)")
+        best = np.asarray([lrs_by_return(m, env, s) for s in steps])  # (steps, [centre, lo, hi])
+        spread = np.maximum([best[:, 0] - best[:, 1], best[:, 2] - best[:, 0]], 0.0)  # >= 0 despite rounding
+        ax.errorbar(steps, best[:, 0], spread, marker="o", ms=3,
+                    capsize=2, label=env)
+    ax.set(yscale="log", xlabel="gradient steps",
+           ylabel="best learning rate (seed-mean return)\nbars: range of rates tied for best")
     ax.legend()
     fig.suptitle("Fig. 31: the best learning rate by online return along training")
     C.save_figure(fig, out, "fig31_best_lr_over_training")
 
 
-def lrs_by_return(m: C.Metrics, env: str, step: int) -> float:
+def lrs_by_return(m: C.Metrics, env: str, step: int) -> tuple[float, float, float]:
+    """The learning rate with the best seed-mean return at ``step``; where several tie (catch is
+    often solved by many), their geometric mean and the range of the tied rates."""
     returns = np.nanmean(at_step(m, step, env=env, metric="return"), axis=1)
-    return lr_of(m.values("config", env=env)[int(np.nanargmax(returns))])
+    lrs = np.asarray([lr_of(c) for c in m.values("config", env=env)])
+    tied = lrs[returns == np.nanmax(returns)]
+    return float(np.exp(np.mean(np.log(tied)))), float(tied.min()), float(tied.max())
 
 
 # ------------------------------------------------------------------------------------------------
