@@ -42,6 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+# Synchronous dispatch on the CPU. Every chunk, probe and evaluation step is read back at once
+# anyway, so nothing is lost. In one of several identical smoke runs, asynchronous dispatch left a
+# probe after an LSTM chunk unfinished with every thread idle (a CPU runtime deadlock).
+jax.config.update("jax_cpu_enable_async_dispatch", False)
+
 REPO_DIR = Path(__file__).resolve().parent
 DATA_DIR = Path(os.environ.get("RANKRL_DATA_DIR", REPO_DIR / "data"))
 

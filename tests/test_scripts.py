@@ -14,7 +14,7 @@ SCRIPTS = sorted(p.stem for p in REPO.glob("exp_*.py"))
 
 def run_script(script, *args, tmp_path):
     return subprocess.run([sys.executable, str(REPO / f"{script}.py"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "RANKRL_DATA_DIR": str(tmp_path / "data")})
+                          text=True, timeout=400, env={**os.environ, "RANKRL_DATA_DIR": str(tmp_path / "data")})
 
 
 @pytest.mark.smoke
