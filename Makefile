@@ -11,9 +11,10 @@ STAMP  := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness
+SCRIPTS := exp_lr_sweep.py exp_dataset_size.py exp_activation.py exp_tandem.py exp_robustness.py
+TARGETS := $(SCRIPTS:.py=)
 
-.PHONY: setup test unit smoke figures bench clean $(SCRIPTS)
+.PHONY: setup test unit smoke figures bench clean $(TARGETS)
 
 setup: $(STAMP)
 
@@ -33,11 +34,11 @@ smoke: setup
 	$(PY) -m pytest -q tests -m smoke
 
 # One target per script; each writes results/<script>/ and copies its PNGs into figures/.
-$(SCRIPTS): setup
+$(TARGETS): setup
 	$(PY) $@.py --preset cpu
 	mkdir -p figures && cp results/$@/fig*.png figures/
 
-figures: $(SCRIPTS)
+figures: $(TARGETS)
 	$(PY) tests/update_readme.py --claims
 
 bench: setup
