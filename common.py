@@ -901,10 +901,9 @@ def _init_fn(net: nn.Module, optimizer: str) -> Callable:
 
 
 def initial_params(net: nn.Module, sample_obs: Array, seeds: Sequence[int]) -> PyTree:
-    """Stacked initial parameters of members with these seeds, the same values ``init_members``
-    draws, computed eagerly (no compile): for analyses of the weights a run started from."""
-    inits = [net.init(jax.random.split(jax.random.key(s))[0], sample_obs) for s in seeds]
-    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *inits)
+    """Stacked initial parameters of members with these seeds (the weights a run started from),
+    drawn by ``init_members`` itself so the two can never disagree."""
+    return init_members(net, sample_obs, [Member(s, 0.0, "") for s in seeds], "adam").params
 
 
 def learner_step(net: nn.Module, opt: optax.GradientTransformation, state: TrainState, batch: Batch, *,
