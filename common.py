@@ -279,7 +279,9 @@ def agent_loss(
     kind: str, apply_fn: Callable, params: PyTree, target_params: PyTree, batch: Batch,
     gamma: float, clip_rewards: bool = False,
 ) -> tuple[Array, dict[str, Array]]:
-    """Scalar training loss of one agent on one batch, and auxiliary outputs (mean Q).
+    """Scalar training loss of one agent on one batch, and auxiliary outputs: mean Q and the online
+    network's features of ``batch.obs`` (still differentiable, so an auxiliary loss built on them,
+    such as CURL's, trains the same forward pass instead of repeating it).
 
     double_dqn: Huber(delta=1) of the double-Q TD error; bve: Huber of the SARSA error on the logged
     next action; mc: Huber of the Monte-Carlo regression error; bc: cross-entropy. Gradients flow
@@ -291,23 +293,24 @@ def agent_loss(
     discount = gamma * batch.discount
     if kind == "double_dqn":
         # One forward pass of the online net on [s, s'] (cheaper than two on small CPU matmuls).
-        q_both, _ = apply_fn(params, jnp.concatenate([batch.obs, batch.next_obs]))
+        q_both, features_both = apply_fn(params, jnp.concatenate([batch.obs, batch.next_obs]))
         q_tm1, q_t_selector = jnp.split(q_both, 2)
         q_t_value, _ = apply_fn(target_params, batch.next_obs)
         td = double_q_td_error(q_tm1, batch.action, reward, discount,
                                jax.lax.stop_gradient(q_t_value), jax.lax.stop_gradient(q_t_selector))
-        return jnp.mean(huber(td)), {"q_mean": jnp.mean(q_tm1)}
+        return jnp.mean(huber(td)), {"q_mean": jnp.mean(q_tm1), "features": features_both[: q_tm1.shape[0]]}
     if kind == "bve":
-        q_tm1, _ = apply_fn(params, batch.obs)
+        q_tm1, features = apply_fn(params, batch.obs)
         q_t, _ = apply_fn(target_params, batch.next_obs)
         td = sarsa_td_error(q_tm1, batch.action, reward, discount,
                             jax.lax.stop_gradient(q_t), batch.next_action)
-        return jnp.mean(huber(td)), {"q_mean": jnp.mean(q_tm1)}
+        return jnp.mean(huber(td)), {"q_mean": jnp.mean(q_tm1), "features": features}
     if kind == "mc":
-        q_tm1, _ = apply_fn(params, batch.obs)
-        return jnp.mean(huber(mc_return_error(q_tm1, batch.action, batch.mc_return))), {"q_mean": jnp.mean(q_tm1)}
-    logits, _ = apply_fn(params, batch.obs)  # bc
-    return bc_loss(logits, batch.action), {"q_mean": jnp.mean(logits)}
+        q_tm1, features = apply_fn(params, batch.obs)
+        return (jnp.mean(huber(mc_return_error(q_tm1, batch.action, batch.mc_return))),
+                {"q_mean": jnp.mean(q_tm1), "features": features})
+    logits, features = apply_fn(params, batch.obs)  # bc
+    return bc_loss(logits, batch.action), {"q_mean": jnp.mean(logits), "features": features}
 
 
 # ================================================================================================
@@ -854,12 +857,35 @@ def chunk_plan(cfg: TrainConfig) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One member of a sweep: its seed, learning rate and labels for metrics.csv."""
+    """One member of a sweep: its seed, learning rate and label for metrics.csv, and the other
+    settings that may differ between members of one compiled program (all traced values)."""
 
     seed: int
     learning_rate: float
     config: str  # e.g. "lr=3e-4"
     data_size: int | None = None  # first data_size entries of the trainer's data order (None: all)
+    target_update_period: int | None = None  # None: the TrainConfig's
+    sam_rho: float = 0.0  # SAM radius (Foret et al. 2021); 0: plain gradients
+    extra_weight: float = 1.0  # weight of the trainer's extra_loss (e.g. CURL's), if one is given
+
+
+class MemberSettings(NamedTuple):
+    """The per-member values of ``Member`` as stacked arrays, an argument of the compiled chunk."""
+
+    data_size: Array
+    target_update_period: Array
+    sam_rho: Array
+    extra_weight: Array
+
+
+def member_settings(members: Sequence[Member], num_transitions: int, cfg: TrainConfig) -> MemberSettings:
+    return MemberSettings(
+        data_size=jnp.asarray([m.data_size or num_transitions for m in members], jnp.int32),
+        target_update_period=jnp.asarray([m.target_update_period or cfg.target_update_period for m in members],
+                                         jnp.int32),
+        sam_rho=jnp.asarray([m.sam_rho for m in members], jnp.float32),
+        extra_weight=jnp.asarray([m.extra_weight for m in members], jnp.float32),
+    )
 
 
 class TrainState(NamedTuple):
@@ -907,21 +933,30 @@ def initial_params(net: nn.Module, sample_obs: Array, seeds: Sequence[int]) -> P
 
 
 def learner_step(net: nn.Module, opt: optax.GradientTransformation, state: TrainState, batch: Batch, *,
-                 loss: str, gamma: float, target_update_period: int, clip_rewards: bool = False,
-                 extra_loss: Callable | None = None, key: Array | None = None) -> tuple[TrainState, Array, Array]:
-    """One gradient step of one agent on one batch: the ``loss`` of ``agent_loss`` (plus
-    ``extra_loss(params, batch, key)`` if given), an optimizer update, and a copy of the online
-    parameters into the target every ``target_update_period`` steps. ``state.key`` is passed through
-    untouched. Returns (new state, loss, mean Q). The offline trainer and the online tandem agents
+                 loss: str, gamma: float, target_update_period: int | Array, clip_rewards: bool = False,
+                 extra_loss: Callable | None = None, extra_weight: float | Array = 1.0,
+                 sam_rho: float | Array | None = None, key: Array | None = None) -> tuple[TrainState, Array, Array]:
+    """One gradient step of one agent on one batch: the ``loss`` of ``agent_loss``, plus
+    ``extra_weight * extra_loss(params, features, target_params, batch, key)`` if given (``features``:
+    the online network's differentiable features of ``batch.obs``), an optimizer update, and a copy
+    of the online parameters into the target every ``target_update_period`` steps.
+
+    With ``sam_rho`` (None compiles plain gradients) the gradient is SAM's (Foret et al. 2021): the
+    gradient at the worst-case point ``params + rho * g / ||g||`` of the first-order neighbourhood;
+    rho = 0 gives the plain gradient (at twice the cost). ``state.key`` is passed through untouched.
+    Returns (new state, loss, mean Q). The offline trainer and the online tandem agents
     (exp_tandem.py) share it."""
 
     def loss_fn(params):
         value, aux = agent_loss(loss, net.apply, params, state.target_params, batch, gamma, clip_rewards)
         if extra_loss is not None:
-            value = value + extra_loss(params, batch, key)
+            value = value + extra_weight * extra_loss(params, aux["features"], state.target_params, batch, key)
         return value, aux
 
-    (value, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (value, aux), grads = grad_fn(state.params)
+    if sam_rho is not None:
+        grads = sam_gradient(lambda p: grad_fn(p)[1], state.params, grads, sam_rho)
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step_count = state.step + 1
@@ -929,26 +964,38 @@ def learner_step(net: nn.Module, opt: optax.GradientTransformation, state: Train
     return TrainState(params, target, opt_state, state.key, step_count), value, aux["q_mean"]
 
 
+def sam_gradient(grad_fn: Callable[[PyTree], PyTree], params: PyTree, grads: PyTree, rho: float | Array) -> PyTree:
+    """Sharpness-aware gradient (Foret et al. 2021, their eq. 2 with p = 2): ``grad_fn`` evaluated at
+    ``params + rho * grads / ||grads||``, the steepest-ascent point at distance rho. Pure; the
+    norm is global over all parameters, as in the paper."""
+    scale = rho / (optax.global_norm(grads) + 1e-12)
+    return grad_fn(jax.tree_util.tree_map(lambda p, g: p + scale * g, params, grads))
+
+
 @functools.lru_cache(maxsize=32)  # one compiled program per (network, config): reruns skip the compile
 def make_chunk_fn(net: nn.Module, cfg: TrainConfig, steps: int,
-                  extra_loss: Callable | None = None) -> Callable:
-    """Compiled function ``(states, dataset, order, sizes) -> (states, mean_loss, mean_q)``, running
-    ``steps`` gradient steps for every member at once. Minibatch rows are drawn on device from
-    ``order[:size]`` (the member's share of the data), so the dataset never leaves the device."""
+                  extra_loss: Callable | None = None, sam: bool = False) -> Callable:
+    """Compiled function ``(states, dataset, order, settings) -> (states, mean_loss, mean_q)``, running
+    ``steps`` gradient steps for every member at once (``settings``: their ``MemberSettings``).
+    Minibatch rows are drawn on device from ``order[:data_size]`` (the member's share of the data),
+    so the dataset never leaves the device. ``sam`` compiles SAM gradients (each member's radius
+    is its setting)."""
     opt = make_optimizer(cfg.optimizer)
 
-    def member_chunk(state: TrainState, ds: Dataset, order: Array, size: Array):
+    def member_chunk(state: TrainState, ds: Dataset, order: Array, settings: MemberSettings):
         # All of the chunk's minibatch positions in one call: one large threefry call is far cheaper
         # on a CPU than `steps` small ones inside the loop.
         key, sample_key, loss_key = jax.random.split(state.key, 3)
-        positions = jax.random.randint(sample_key, (steps, cfg.batch_size), 0, size)
+        positions = jax.random.randint(sample_key, (steps, cfg.batch_size), 0, settings.data_size)
         loss_keys = jax.random.split(loss_key, steps)
 
         def step(state: TrainState, xs):
             pos, step_key = xs
             state, loss, q_mean = learner_step(net, opt, state, ds.batch(order[pos]), loss=cfg.loss, gamma=cfg.gamma,
-                                               target_update_period=cfg.target_update_period,
-                                               clip_rewards=cfg.clip_rewards, extra_loss=extra_loss, key=step_key)
+                                               target_update_period=settings.target_update_period,
+                                               clip_rewards=cfg.clip_rewards, extra_loss=extra_loss,
+                                               extra_weight=settings.extra_weight,
+                                               sam_rho=settings.sam_rho if sam else None, key=step_key)
             return state, (loss, q_mean)
 
         state, (loss, q) = jax.lax.scan(step, state, (positions, loss_keys))
@@ -1009,20 +1056,26 @@ def train_offline(
     dormant_frac, q_probe after every chunk; return at every ``eval_every`` steps (``evaluate_fn``
     maps stacked params to per-member mean returns). A member whose loss or parameters become
     non-finite is reported once and its later rows carry NaN; the others go on. With a
-    ``checkpoint_dir`` the run resumes from its last checkpoint, and a finished run is not redone.
+    ``checkpoint_dir`` the run resumes from its last checkpoint, and a finished run is not redone
+    (the checkpoint is keyed by ``run_name``, the config and the members, not by ``extra_loss``:
+    give runs with different extra losses different run names).
+
+    ``extra_loss(params, features, target_params, batch, key)`` is added to every step's loss with
+    each member's ``extra_weight``; any member with ``sam_rho`` > 0 compiles SAM gradients for all.
     """
     from tqdm.auto import tqdm
 
     plan = chunk_plan(cfg)
     order = np.asarray(ds.valid) if order is None else np.asarray(order)
-    sizes = jnp.asarray([m.data_size or len(order) for m in members], jnp.int32)
+    settings = member_settings(members, len(order), cfg)
     order = jnp.asarray(order, jnp.int32)
     probe = ds.stacked_obs(jnp.asarray(probe_rows(ds, cfg.probe_size)))
     state = init_members(net, probe[:1], members, cfg.optimizer)
     sharding = member_sharding(len(members))
     if sharding is not None:
-        state, sizes = jax.device_put((state, sizes), sharding)
-    chunk_fns = {n: make_chunk_fn(net, cfg, n, extra_loss) for n in set(plan)}
+        state, settings = jax.device_put((state, settings), sharding)
+    use_sam = any(m.sam_rho > 0 for m in members)  # members without SAM in a SAM program pay for it
+    chunk_fns = {n: make_chunk_fn(net, cfg, n, extra_loss, use_sam) for n in set(plan)}
     probe_fn = make_probe_fn(net, cfg.dormant_tau)
 
     rows: list[dict] = []
@@ -1058,7 +1111,7 @@ def train_offline(
     bar = tqdm(range(start_chunk, num_chunks), initial=start_chunk, total=num_chunks, disable=not progress,
                desc=f"{agent} {env_id}", unit="chunk", dynamic_ncols=True)
     for chunk in bar:
-        state, loss, q_mean = chunk_fns[plan[chunk]](state, ds, order, sizes)
+        state, loss, q_mean = chunk_fns[plan[chunk]](state, ds, order, settings)
         step = int(ends[chunk])
         metrics = probe_fn(state.params, probe)
         finite = np.isfinite(np.asarray(loss)) & _params_finite(state.params)

@@ -83,15 +83,15 @@ def time_chunks(net, ds, cfg: C.TrainConfig, members, repeats: int) -> tuple[flo
     """(seconds per chunk, FLOPs per chunk) of the trainer's compiled chunk for these members."""
     state = C.init_members(net, ds.stacked_obs(ds.valid[:1]), members, cfg.optimizer)
     order = ds.valid
-    sizes = jnp.full((len(members),), len(ds), jnp.int32)
+    settings = C.member_settings(members, len(ds), cfg)
     fn = C.make_chunk_fn(net, cfg, cfg.chunk_steps)
     # XLA's cost analysis counts a loop body once, so FLOPs per step come from a one-step chunk.
-    flops = compiled_flops(C.make_chunk_fn(net, cfg, 1), state, ds, order, sizes) * cfg.chunk_steps
-    state, loss, _ = fn(state, ds, order, sizes)  # compile and warm up
+    flops = compiled_flops(C.make_chunk_fn(net, cfg, 1), state, ds, order, settings) * cfg.chunk_steps
+    state, loss, _ = fn(state, ds, order, settings)  # compile and warm up
     loss.block_until_ready()
     start = time.perf_counter()
     for _ in range(repeats):
-        state, loss, _ = fn(state, ds, order, sizes)
+        state, loss, _ = fn(state, ds, order, settings)
     loss.block_until_ready()
     return (time.perf_counter() - start) / repeats, flops
 

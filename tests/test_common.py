@@ -427,6 +427,53 @@ def test_member_data_size_restricts_sampling_to_the_order_prefix():
     assert int(jnp.argmax(logits[0])) == int(ds.action[row])
 
 
+def test_member_target_update_periods_are_per_member():
+    # Four steps: period 2 copies the online weights at step 4, period 3 last copied them at step 3.
+    cfg = C.TrainConfig(num_steps=4, chunk_steps=4, batch_size=8, eval_every=0, target_update_period=2)
+    members = [C.Member(0, 1e-2, "p2"), C.Member(0, 1e-2, "p3", target_update_period=3)]
+    result = _train(members, cfg)
+    params, target = result.state.params, result.state.target_params
+    leaf = lambda tree, i: jax.tree_util.tree_leaves(C.unstack(tree, i))[0]
+    np.testing.assert_array_equal(leaf(params, 0), leaf(target, 0))
+    assert not np.allclose(leaf(params, 1), leaf(target, 1))
+
+
+def test_sam_gradient_hand_computed():
+    # L = 0.5 x'Ax with A = diag(1, 4) at x = (1, 1): g = (1, 4); SAM takes the gradient at
+    # x + rho g / |g| = x + rho (1, 4) / sqrt(17).
+    grad = lambda x: {"w": jnp.array([1.0, 4.0]) * x["w"]}
+    x = {"w": jnp.array([1.0, 1.0])}
+    rho = 0.5
+    got = C.sam_gradient(grad, x, grad(x), rho)["w"]
+    step = rho / np.sqrt(17.0)
+    np.testing.assert_allclose(got, [1.0 + step, 4.0 * (1.0 + 4.0 * step)], rtol=1e-6)
+    np.testing.assert_allclose(C.sam_gradient(grad, x, grad(x), 0.0)["w"], [1.0, 4.0])
+
+
+def test_sam_at_radius_zero_is_plain_training_and_a_radius_changes_it():
+    plain = _train([C.Member(0, 1e-3, "a")])
+    sam = _train([C.Member(0, 1e-3, "a"), C.Member(0, 1e-3, "b", sam_rho=0.05)])  # compiles SAM for both
+    leaf = lambda r, i: jax.tree_util.tree_leaves(C.unstack(r.state.params, i))[0]
+    np.testing.assert_allclose(leaf(sam, 0), leaf(plain, 0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(leaf(sam, 1), leaf(plain, 0), atol=1e-4)
+
+
+def test_extra_loss_is_weighted_per_member_and_sees_the_online_features():
+    seen = {}
+
+    def extra(params, features, target_params, batch, key):
+        seen["shape"] = features.shape  # traced once, at compile time
+        return jnp.mean(features**2)
+
+    plain = _train([C.Member(0, 1e-3, "a")])
+    weighted = _train([C.Member(0, 1e-3, "a", extra_weight=0.0), C.Member(0, 1e-3, "b", extra_weight=10.0)],
+                      extra_loss=extra)
+    assert seen["shape"] == (TINY.batch_size, 16)
+    leaf = lambda r, i: jax.tree_util.tree_leaves(C.unstack(r.state.params, i))[0]
+    np.testing.assert_allclose(leaf(weighted, 0), leaf(plain, 0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(leaf(weighted, 1), leaf(plain, 0), atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation and results
 # ---------------------------------------------------------------------------------------------
