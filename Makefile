@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-SCRIPTS := exp_lr_sweep.py exp_dataset_size.py exp_activation.py exp_tandem.py exp_robustness.py
+SCRIPTS := exp_lr_sweep.py exp_dataset_size.py exp_activation.py exp_tandem.py exp_robustness.py exp_interventions.py
 TARGETS := $(SCRIPTS:.py=)
 
 .PHONY: setup test unit smoke figures bench clean $(TARGETS)
@@ -33,10 +33,12 @@ unit: setup
 smoke: setup
 	$(PY) -m pytest -q tests -m smoke
 
-# One target per script; each writes results/<script>/ and copies its PNGs into figures/.
+# One target per script; each writes results/<script>/ and copies its PNGs (and any Markdown
+# tables) into figures/, which the README shows.
 $(TARGETS): setup
 	$(PY) $@.py --preset cpu
 	mkdir -p figures && cp results/$@/fig*.png figures/
+	for t in results/$@/table*.md; do if [ -e "$$t" ]; then cp "$$t" figures/; fi; done
 
 figures: $(TARGETS)
 	$(PY) tests/update_readme.py --claims
