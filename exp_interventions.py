@@ -181,14 +181,23 @@ def fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def run_label(fs: tuple[Factor, ...], treated: np.ndarray) -> str:
+def run_levels(fs: tuple[Factor, ...], treated: np.ndarray) -> dict[str, Any]:
+    """Each factor's value in a run of the design (its treatment where treated, else its control)."""
+    return {f.key: f.treatment if t else f.control for f, t in zip(fs, treated)}
+
+
+def run_label(levels: dict[str, Any]) -> str:
     """The config label of a run, e.g. ``act=relu lr=0.0003 target=1000 sam=0 curl=0 data=1``."""
-    return " ".join(f"{f.key}={fmt(f.treatment if t else f.control)}" for f, t in zip(fs, treated))
+    return " ".join(f"{k}={fmt(v)}" for k, v in levels.items())
+
+
+def parse_label(label: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in label.split())
 
 
 def treated_bits(fs: tuple[Factor, ...], label: str) -> np.ndarray:
     """Inverse of run_label: which factors a label has at their treatment."""
-    values = dict(item.split("=", 1) for item in label.split())
+    values = parse_label(label)
     bits = []
     for f in fs:
         if values.get(f.key) not in (fmt(f.control), fmt(f.treatment)):
@@ -262,11 +271,10 @@ def reference_rows(cfg: Config, env_id: str, ds: C.Dataset, net: nn.Module) -> l
 
 def member(cfg: Config, fs: tuple[Factor, ...], treated: np.ndarray, seed: int, num_transitions: int,
            curl_weight: float | None = None) -> C.Member:
-    level = {f.key: f.treatment if t else f.control for f, t in zip(fs, treated)}
+    level = run_levels(fs, treated)
     if curl_weight is not None:  # the CURL sweep: the control setting with another weight
         level["curl"] = curl_weight
-    label = " ".join(f"{k}={fmt(v)}" for k, v in level.items())
-    return C.Member(seed=seed, learning_rate=level["lr"], config=label,
+    return C.Member(seed=seed, learning_rate=level["lr"], config=run_label(level),
                     data_size=max(cfg.batch_size, int(round(level["data"] * num_transitions))),
                     target_update_period=level["target"], sam_rho=level["sam"], extra_weight=level["curl"])
 
@@ -513,7 +521,7 @@ def write_tables(runs: Runs, cfg: Config, out: Path) -> None:
 def curl_sweep_finals(m: C.Metrics, env: str, metric: str) -> dict[float, float]:
     """Seed-mean final value of each CURL weight of the sweep."""
     agent = "dqn_curl_sweep"
-    return {float(dict(kv.split("=") for kv in c.split())["curl"]): float(np.nanmean(m.final(
+    return {float(parse_label(c)["curl"]): float(np.nanmean(m.final(
         env=env, agent=agent, config=c, metric=metric))) for c in m.values("config", env=env, agent=agent)}
 
 
@@ -651,10 +659,10 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
         fig, axes = plt.subplots(2, len(sweep_envs), figsize=(5 * len(sweep_envs), 6), squeeze=False, sharex="col")
         for j, env in enumerate(sweep_envs):
             configs = sorted(m.values("config", env=env, agent="dqn_curl_sweep"),
-                             key=lambda c: float(dict(kv.split("=") for kv in c.split())["curl"]))
+                             key=lambda c: float(parse_label(c)["curl"]))
             shades = plt.cm.viridis(np.linspace(0, 0.9, len(configs)))
             for c, color in zip(configs, shades):
-                weight = dict(kv.split("=") for kv in c.split())["curl"]
+                weight = parse_label(c)["curl"]
                 for i, metric in enumerate(("srank", "return")):
                     C.plot_band(axes[i, j], *m.curves(env=env, agent="dqn_curl_sweep", config=c, metric=metric),
                                 f"CURL weight {weight}" if i == 0 else None, color)

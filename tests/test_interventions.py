@@ -93,8 +93,8 @@ def test_quarter_fraction_generators():
 def test_run_labels_round_trip_and_foreign_labels_are_clear_errors():
     fs = E.factors(CFG)
     for bits in E.fractional_factorial(6, E.GENERATORS["quarter"]).astype(bool):
-        np.testing.assert_array_equal(E.treated_bits(fs, E.run_label(fs, bits)), bits)
-    assert E.run_label(fs, np.zeros(6, bool)) == "act=relu lr=0.0003 target=100 sam=0 curl=0 data=1"
+        np.testing.assert_array_equal(E.treated_bits(fs, E.run_label(E.run_levels(fs, bits))), bits)
+    assert E.run_label(E.run_levels(fs, np.zeros(6, bool))) == "act=relu lr=0.0003 target=100 sam=0 curl=0 data=1"
     with pytest.raises(ValueError, match="lr levels"):
         E.treated_bits(fs, "act=relu lr=0.1 target=100 sam=0 curl=0 data=1")
 
