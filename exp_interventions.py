@@ -45,6 +45,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,8 +202,8 @@ def treated_bits(fs: tuple[Factor, ...], label: str) -> np.ndarray:
     bits = []
     for f in fs:
         if values.get(f.key) not in (fmt(f.control), fmt(f.treatment)):
-            raise ValueError(f"run {label!r} in metrics.csv does not match the preset's {f.key} levels "
-                             f"{fmt(f.control)}/{fmt(f.treatment)}: pass the options it was made with")
+            raise ValueError(f"run {label!r} in metrics.csv does not match this preset's {f.key} levels "
+                             f"{fmt(f.control)}/{fmt(f.treatment)}: re-plot with the --preset it was made with")
         bits.append(values[f.key] == fmt(f.treatment))
     return np.asarray(bits)
 
@@ -252,11 +253,22 @@ def shift_pad(env_id: str) -> int:
 
 
 def episode_returns(ds: C.Dataset) -> np.ndarray:
-    """Undiscounted returns of the dataset's complete episodes (its behaviour policy's level)."""
+    """Undiscounted returns of the dataset's complete episodes (its behaviour policy's level). An
+    episode is complete if it ends in a terminal row with every row since the last break sampleable;
+    a row outside ``valid`` (padding, a truncated step, the unfinished tail of a collection
+    stream) breaks the sum, and the piece it ends is not counted."""
     reward, terminal = np.asarray(ds.reward, np.float64), np.asarray(ds.terminal) > 0
-    ends = np.flatnonzero(terminal)
-    totals = np.cumsum(reward)[ends]
-    return np.diff(np.concatenate([[0.0], totals]))
+    sampleable = np.zeros(len(reward), bool)
+    sampleable[np.asarray(ds.valid)] = True
+    returns, total, complete = [], 0.0, True
+    for r, done, ok in zip(reward, terminal, sampleable):
+        total += r
+        complete &= bool(ok)
+        if done or not ok:
+            if done and complete:
+                returns.append(total)
+            total, complete = 0.0, True
+    return np.asarray(returns)
 
 
 def reference_rows(cfg: Config, env_id: str, ds: C.Dataset, net: nn.Module) -> list[dict]:
@@ -336,15 +348,16 @@ def average_treatment_effect(y: np.ndarray, treated: np.ndarray) -> tuple[float,
 
 def interaction_effect(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """The two-factor interaction (effect of a with b treated) - (effect of a with b at control),
-    i.e. y11 - y10 - y01 + y00 over cell means, with the standard error of that contrast."""
+    i.e. y11 - y10 - y01 + y00 over cell means, with the standard error of that contrast (NaN
+    where a cell is empty; the error is NaN where a cell has fewer than 2 runs)."""
     y, a, b = np.asarray(y, np.float64), np.asarray(a, bool), np.asarray(b, bool)
     keep = np.isfinite(y)
     cells = [y[keep & (a == i) & (b == j)] for i in (1, 0) for j in (1, 0)]
-    if min(len(c) for c in cells) < 2:
+    if min(len(c) for c in cells) == 0:
         return float("nan"), float("nan")
     means = [c.mean() for c in cells]
-    return (float(means[0] - means[1] - means[2] + means[3]),
-            float(math.sqrt(sum(c.var(ddof=1) / len(c) for c in cells))))
+    se = math.sqrt(sum(c.var(ddof=1) / len(c) for c in cells)) if min(len(c) for c in cells) > 1 else float("nan")
+    return float(means[0] - means[1] - means[2] + means[3]), float(se)
 
 
 def permutation_pvalue(y: np.ndarray, high: np.ndarray, permutations: int, rng: np.random.Generator) -> float:
@@ -361,7 +374,7 @@ def permutation_pvalue(y: np.ndarray, high: np.ndarray, permutations: int, rng: 
     def diff(sum_high):  # mean(high) - mean(rest) from the sum of the high group
         return sum_high / k - (total - sum_high) / (n - k)
 
-    observed = diff(y[high].sum()) - 1e-12 * max(1.0, abs(total))  # ties count as at least as large
+    observed = diff(y[high].sum()) - 1e-9 * max(1.0, np.abs(y).sum())  # ties count as at least as large
     if math.comb(n, k) <= permutations:
         sums = np.asarray([y[list(c)].sum() for c in itertools.combinations(range(n), k)])
         return float(np.mean(diff(sums) >= observed))
@@ -406,11 +419,17 @@ def normaliser(m: C.Metrics, env: str) -> tuple[float, float]:
     """(random policy return, behaviour return) of an environment."""
     low = m.values("value", env=env, agent="random", metric="return")[0]
     high = m.values("value", env=env, agent="behaviour", metric="return")[0]
+    if not high > low:
+        print(f"warning: {env}: the data's episodes return {high:.3g}, a random policy {low:.3g}; the "
+              "normalised return is undefined (NaN) there, and so are its Table 1 rows", file=sys.stderr)
     return low, high
 
 
 def normalise(ret: np.ndarray, low: float, high: float) -> np.ndarray:
-    return (ret - low) / (high - low) if abs(high - low) > 1e-8 else ret - low
+    """0 = the random policy, 1 = the data; NaN unless the data beat the random policy (a zero or
+    negative scale would shrink or flip every effect on return)."""
+    ret = np.asarray(ret, np.float64)
+    return (ret - low) / (high - low) if high > low else np.full_like(ret, np.nan)
 
 
 def final_runs(m: C.Metrics, cfg: Config, agent: str = "dqn") -> Runs:
@@ -439,11 +458,13 @@ def effect_rows(runs: Runs, cfg: Config) -> list[dict]:
     """Table 3: the ATE of each intervention (and of the game, the paper's "level") on final srank,
     pooled over the design and the games, and per game."""
     fs, envs = factors(cfg), list(dict.fromkeys(runs.env))
+    finite = np.isfinite(runs.srank)  # diverged runs are left out, and so not counted
     rows = []
     for i, f in enumerate(fs):
         ate, se = average_treatment_effect(runs.srank, runs.treated[:, i])
         row = {"intervention": f.title, "control": fmt(f.control), "treatment": fmt(f.treatment), "ate": ate, "se": se,
-               "n_treated": int(runs.treated[:, i].sum()), "n_control": int((~runs.treated[:, i]).sum())}
+               "n_treated": int((finite & runs.treated[:, i]).sum()),
+               "n_control": int((finite & ~runs.treated[:, i]).sum())}
         for env in envs:
             sub = runs.where(runs.env == env)
             row[f"ate_{env}"], row[f"se_{env}"] = average_treatment_effect(sub.srank, sub.treated[:, i])
@@ -452,7 +473,7 @@ def effect_rows(runs: Runs, cfg: Config) -> list[dict]:
         level = runs.env == envs[1]
         ate, se = average_treatment_effect(runs.srank, level)
         rows.append({"intervention": "Level", "control": envs[0], "treatment": envs[1], "ate": ate, "se": se,
-                     "n_treated": int(level.sum()), "n_control": int((~level).sum())})
+                     "n_treated": int((finite & level).sum()), "n_control": int((finite & ~level).sum())})
     return rows
 
 
@@ -505,8 +526,9 @@ def write_table(out: Path, name: str, rows: list[dict], title: str) -> str:
 
 
 def write_tables(runs: Runs, cfg: Config, out: Path) -> None:
+    dropped = int((~np.isfinite(runs.srank)).sum())
     note = (f"{len(runs.env)} runs, final values; standard errors sqrt(s1^2/n1 + s0^2/n0); "
-            f"design: {cfg.design} factorial")
+            f"design: {cfg.design} factorial" + (f"; {dropped} diverged runs left out" if dropped else ""))
     print(write_table(out, "table3_ate_srank", effect_rows(runs, cfg), f"Table 3: ATE on final srank ({note})"))
     write_table(out, "table3_pairs", pair_rows(runs, cfg), f"Fig. 8 data: pairs of interventions ({note})")
     print(write_table(out, "table1_rank_threshold", threshold_rows(runs, cfg),
@@ -533,10 +555,13 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
     at_median = {(r["env"], r["type"]): r for r in table1 if r["quantile"] == 0.5}
     envs = list(dict.fromkeys(runs.env))
     short = lambda e: e.split("/")[-1]
-    held2 = all(at_median[(e, "ReLU")]["ate"] > 0 and at_median[(e, "ReLU")]["p"] < 0.05
-                and not at_median[(e, "Tanh")]["p"] < 0.05 for e in envs)
-    pvalues = "; ".join(f"{short(r['env'])} {r['type']} q={r['quantile']:g}: ATE {r['ate']:.3f}, p {r['p']:.3f}"
-                        for r in table1 if r["type"] != "Combined")
+    # A test that could not be run (srank ties leave no run above the threshold: p is NaN) counts
+    # against the claim, not as "not significant".
+    relu, tanh = ({e: at_median[(e, t)] for e in envs} for t in ("ReLU", "Tanh"))
+    held2 = all(relu[e]["ate"] > 0 and relu[e]["p"] < 0.05 and np.isfinite(tanh[e]["p"]) and tanh[e]["p"] >= 0.05
+                for e in envs)
+    pvalues = "; ".join(f"{short(r['env'])} {r['type']} q={r['quantile']:g}: ATE {r['ate']:.3f}, p {r['p']:.3f} "
+                        f"({r['n_high']}/{r['n']} above)" for r in table1 if r["type"] != "Combined")
     sweep = []
     for env in m.values("env", agent="dqn_curl_sweep"):
         rank, ret = curl_sweep_finals(m, env, "srank"), curl_sweep_finals(m, env, "return")
@@ -551,7 +576,7 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
                 "for tanh networks", "per game at q = 0.5: ReLU ATE > 0 with p < 0.05 and tanh p >= 0.05 "
                 "(one-sided permutation test); all quantiles listed", pvalues, held2),
         C.Claim("interventions.3", "A large CURL weight raises srank without raising return",
-                "CURL sweep, seed-mean final srank and return, weight 0 vs the largest",
+                "CURL sweep, seed-mean final srank and return, the smallest weight (0) vs the largest",
                 "; ".join(f"{short(e)} w={w:g}: srank {a:.1f} -> {b:.1f}, return {c:.2f} -> {d:.2f}"
                           for e, w, a, b, c, d in sweep) or "no CURL sweep was run",
                 bool(sweep) and all(b > a and d <= c for _, _, a, b, c, d in sweep)),
@@ -590,7 +615,7 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
     # Fig. 1: every evaluation point; a narrow setting (ReLU at the control learning rate and
     # target period) against the whole sweep.
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
-    for env, marker in zip(envs, "os^"):
+    for env in envs:
         low, high = normaliser(m, env)
         configs = m.values("config", env=env, agent="dqn")
         narrow = [c for c in configs if not treated_bits(fs, c)[[0, 1, 2]].any()]

@@ -62,6 +62,13 @@ def test_permutation_pvalue_monte_carlo_agrees_with_exact():
     assert E.permutation_pvalue(y, y >= 10, 2_000, np.random.default_rng(3)) == pytest.approx(1 / 2_001)
 
 
+def test_rank_threshold_effect_with_ties_at_the_threshold():
+    # Five of eight runs share the top srank, so none is strictly above the 0.75-quantile (20).
+    out = E.rank_threshold_effect([10, 12, 12, 15, 20, 20, 20, 20], np.arange(8.0), 0.75, 100,
+                                  np.random.default_rng(0))
+    assert out["n_high"] == 0 and np.isnan(out["ate"]) and np.isnan(out["p"])
+
+
 def test_rank_threshold_effect_hand_computed():
     # The median of srank [1, 2, 3, 4] is 2.5: the two high-rank runs return 1, the others 0.
     out = E.rank_threshold_effect([1, 2, 3, 4], [0, 0, 1, 1], 0.5, 100, np.random.default_rng(0))
@@ -100,9 +107,42 @@ def test_run_labels_round_trip_and_foreign_labels_are_clear_errors():
 
 
 def test_episode_returns_of_complete_episodes():
-    ds = C.make_dataset(np.zeros((6, 2)), np.zeros(6), [1, 0, 2, 3, 1, 5], [0, 0, 1, 0, 1, 0], np.arange(5),
-                        num_actions=2, history=1)
-    np.testing.assert_allclose(E.episode_returns(ds), [3.0, 4.0])  # the unfinished last one is left out
+    # Two collection streams back to back. Stream 1: an episode (1, 0, 2), then an unfinished tail
+    # (3, 1) whose last row is not sampleable. Stream 2: an episode (5, 1), a truncated step (2,
+    # not sampleable), then an episode (4, 4). Only the three complete episodes count.
+    reward = [1, 0, 2, 3, 1, 5, 1, 2, 4, 4]
+    terminal = [0, 0, 1, 0, 0, 0, 1, 0, 0, 1]
+    valid = [0, 1, 2, 3, 5, 6, 8, 9]
+    ds = C.make_dataset(np.zeros((10, 2)), np.zeros(10), reward, terminal, valid, num_actions=2, history=1)
+    np.testing.assert_allclose(E.episode_returns(ds), [3.0, 6.0, 8.0])
+
+
+def test_normalised_return_ends_and_an_undefined_scale():
+    np.testing.assert_allclose(E.normalise(np.array([0.5, 1.5, 2.5]), 0.5, 1.5), [0.0, 1.0, 2.0])
+    assert np.isnan(E.normalise(np.array([1.0]), 2.0, 1.0)).all()  # data below random: no scale
+
+
+def test_joint_effect_of_a_pair_is_the_sum_of_its_single_effects_in_the_balanced_design():
+    fs = E.factors(CFG)
+    design = E.fractional_factorial(6, E.GENERATORS[CFG.design]).astype(bool)
+    y = np.random.default_rng(0).normal(size=len(design)) * 10
+    runs = E.Runs(env=np.full(len(design), "bsuite/catch"), config=np.asarray([E.run_label(E.run_levels(fs, t))
+                  for t in design]), treated=design, srank=y, ret=y, norm_ret=y)
+    single = {fs[i].key: r["ate"] for i, r in enumerate(E.effect_rows(runs, CFG))}
+    for r in E.pair_rows(runs, CFG):
+        assert r["joint_ate"] == pytest.approx(single[r["a"]] + single[r["b"]])
+
+
+def test_member_settings_follow_the_design_row():
+    fs = E.factors(CFG)
+    treated = np.array([1, 1, 1, 1, 1, 1], bool)
+    m = E.member(CFG, fs, treated, seed=3, num_transitions=2_000)
+    assert m.config == E.run_label(E.run_levels(fs, treated))
+    assert (m.seed, m.learning_rate, m.target_update_period, m.sam_rho, m.extra_weight) == (
+        3, CFG.treatment_learning_rate, CFG.treatment_target_update_period, CFG.sam_rho, CFG.curl_weight)
+    assert m.data_size == max(CFG.batch_size, round(CFG.data_fraction * 2_000))
+    sweep = E.member(CFG, fs, np.zeros(6, bool), seed=0, num_transitions=2_000, curl_weight=0.5)
+    assert sweep.extra_weight == 0.5 and "curl=0.5" in sweep.config and sweep.data_size == 2_000
 
 
 def test_curl_logits_hand_computed():
@@ -125,6 +165,9 @@ def test_curl_loss_trains_the_online_network_and_its_bilinear_map_only():
 
     value = total(online, target)
     assert np.isfinite(value) and value > 0
+    # The key view is a shifted copy: without the shift (pad 0) the loss is another number.
+    unshifted = E.curl_loss(net, 0, (1, 2))(online, net.apply(online, obs)[1], target, batch, jax.random.key(3))
+    assert not np.isclose(value, unshifted)
     g_online, g_target = jax.grad(total, argnums=(0, 1))(online, target)
     assert float(jnp.abs(g_online["params"]["curl_bilinear"]).sum()) > 0
     assert float(jnp.abs(g_online["params"]["base"]["hidden_0"]["kernel"]).sum()) > 0
