@@ -3,6 +3,7 @@ run, with FLOPs per step from XLA's cost analysis and the fraction of a matmul p
 
     make bench                       # writes results/bench/bench.json and prints a table
     python tests/bench.py --quick    # a shorter run (fewer timed steps)
+    python tests/bench.py --paper    # on a GPU: the paper presets' programs, into bench_paper.json
 
 Rows: the 2x64 MLP double DQN at batch 32 (the paper's bsuite setting) in the trainer's compiled
 chunks, against the usual pattern (a Python loop calling one jitted step with a host-sampled
@@ -38,6 +39,10 @@ class Args:
     """Directory for bench.json."""
     quick: bool = False
     """Time fewer steps (for a smoke check of the benchmark itself)."""
+    paper: bool = False
+    """Time only the paper presets' training programs (Atari Nature CNN at batch 256, the interventions
+    study's CURL and SAM programs, the bsuite LR sweep) on synthetic data, into bench_paper.json;
+    meant for a GPU (needs no environment packages)."""
 
 
 class FlaxConvMinAtarCNN(nn.Module):
@@ -79,14 +84,15 @@ def compiled_flops(fn, *args) -> float:
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def time_chunks(net, ds, cfg: C.TrainConfig, members, repeats: int) -> tuple[float, float]:
+def time_chunks(net, ds, cfg: C.TrainConfig, members, repeats: int, extra_loss=None) -> tuple[float, float]:
     """(seconds per chunk, FLOPs per chunk) of the trainer's compiled chunk for these members."""
     state = C.init_members(net, ds.stacked_obs(ds.valid[:1]), members, cfg.optimizer)
     order = ds.valid
     settings = C.member_settings(members, len(ds), cfg)
-    fn = C.make_chunk_fn(net, cfg, cfg.chunk_steps)
+    sam = any(m.sam_rho > 0 for m in members)
+    fn = C.make_chunk_fn(net, cfg, cfg.chunk_steps, extra_loss, sam)
     # XLA's cost analysis counts a loop body once, so FLOPs per step come from a one-step chunk.
-    flops = compiled_flops(C.make_chunk_fn(net, cfg, 1), state, ds, order, settings) * cfg.chunk_steps
+    flops = compiled_flops(C.make_chunk_fn(net, cfg, 1, extra_loss, sam), state, ds, order, settings) * cfg.chunk_steps
     state, loss, _ = fn(state, ds, order, settings)  # compile and warm up
     loss.block_until_ready()
     start = time.perf_counter()
@@ -135,11 +141,44 @@ def row(name: str, steps_per_s: float, flops_per_step: float, peak: float, **ext
             **extra}
 
 
+def paper_rows(peak: float, scale: float) -> list[dict]:
+    """The paper presets' training programs, timed on synthetic data of the paper's shapes."""
+    import exp_interventions as E  # the interventions study's CURL network and loss
+
+    rows = []
+    steps = max(2, int(100 * scale))
+    atari = synthetic_dataset((84, 84), np.uint8, 20_000, 18, history=4)
+    cfg = C.TrainConfig(batch_size=256, chunk_steps=steps, num_steps=steps, eval_every=0, target_update_period=2_500)
+    seconds, flops = time_chunks(C.NatureCNN(18), atari, cfg, [C.Member(0, 3e-5, "x")], repeats=3)
+    rows.append(row("paper_atari_dqn_b256", steps / seconds, flops / steps, peak))
+    # One program of exp_interventions' paper preset: 16 configurations of one (activation, SAM)
+    # group of the full design, CURL compiled in (weight 0 or 0.001 per member).
+    net = E.CURLNetwork(C.NatureCNN(18))
+    curl = E.curl_loss(net, 4, (2, 3))
+    for sam in (0.0, 0.05):
+        members = [C.Member(i, 3e-5, "x", sam_rho=sam, extra_weight=1e-3 * (i % 2)) for i in range(16)]
+        seconds, flops = time_chunks(net, atari, cfg, members, repeats=2, extra_loss=curl)
+        rows.append(row(f"paper_interventions_16_members_curl{'_sam' if sam else ''}", 16 * steps / seconds,
+                        flops / (16 * steps), peak, members=16))
+    # exp_lr_sweep's paper preset on bsuite: 12 learning rates x 5 seeds as one program.
+    catch = synthetic_dataset((10, 5), np.float32, 50_000, 3)
+    cfg = C.TrainConfig(chunk_steps=int(5_000 * scale), num_steps=int(5_000 * scale), eval_every=0)
+    members = [C.Member(s, float(lr), "x") for s in range(5) for lr in np.geomspace(1e-5, 1e-1, 12)]
+    seconds, flops = time_chunks(C.MLP(3, (64, 64)), catch, cfg, members, repeats=2)
+    rows.append(row("paper_lr_sweep_60_members_mlp_b32", 60 * cfg.chunk_steps / seconds,
+                    flops / (60 * cfg.chunk_steps), peak, members=60))
+    return rows
+
+
 def main(args: Args) -> None:
     scale = 0.2 if args.quick else 1.0
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops(1024 if jax.devices()[0].platform == "cpu" else 8192)
     print(f"device: {jax.devices()[0]} ({jax.device_count()} device(s)); float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
+    if args.paper:
+        rows = paper_rows(peak, scale)
+        write_and_print(args.out, "bench_paper.json", peak, rows)
+        return
 
     # --- the bsuite setting: 2x64 ReLU MLP, batch 32, catch-shaped data -------------------------
     catch = synthetic_dataset((10, 5), np.float32, 50_000, 3)
@@ -192,11 +231,14 @@ def main(args: Args) -> None:
         rows.append({"name": f"bytes_per_transition_{name}", "bytes": round(per, 1),
                      "frame_bytes": frame, "ratio_to_one_frame": round(per / frame, 3)})
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    write_and_print(args.out, "bench.json", peak, rows)
+
+
+def write_and_print(out: Path, name: str, peak: float, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    (args.out / "bench.json").write_text(json.dumps({"device": str(jax.devices()[0]), "machine": machine,
-                                                     "matmul_peak_flops": peak,
-                                                     "rows": rows}, indent=2))
+    (out / name).write_text(json.dumps({"device": str(jax.devices()[0]), "machine": machine,
+                                        "matmul_peak_flops": peak, "rows": rows}, indent=2))
     print(f"\n{'name':34s} {'steps/s':>10s} {'MFLOP/step':>11s} {'roofline':>9s}  notes")
     for r in rows:
         notes = ", ".join(f"{k}={v}" for k, v in r.items()
@@ -206,7 +248,7 @@ def main(args: Args) -> None:
                   f"{(r['roofline_fraction'] or 0):9.2%}  {notes}")
         else:
             print(f"{r['name']:34s} {'':10s} {'':11s} {'':9s}  {notes}")
-    print(f"\nwrote {args.out / 'bench.json'}")
+    print(f"\nwrote {out / name}")
 
 
 if __name__ == "__main__":
