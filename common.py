@@ -1437,8 +1437,8 @@ class StudyArgs:
     """Options every experiment script takes; each script's ``Args`` adds its own knobs."""
 
     preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    """smoke: seconds, for the tests; cpu: ~15 min on 2 CPU cores with datasets made locally; paper: the
-    paper's protocol and hyperparameters (meant for a GPU; Atari data from --data-dir)."""
+    """smoke: seconds, for the tests; cpu: 6 to 20 min on 2 CPU cores with datasets made locally;
+    paper: the paper's protocol and hyperparameters (meant for a GPU; Atari data from --data-dir)."""
     env: tuple[str, ...] | None = None
     """Environment ids (bsuite/<game>, minatar/<game>, atari/<Game>); default: the preset's."""
     seeds: int | None = None
