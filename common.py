@@ -42,11 +42,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# Synchronous dispatch on the CPU. Every chunk, probe and evaluation step is read back at once
-# anyway, so nothing is lost. In one of several identical smoke runs, asynchronous dispatch left a
-# probe after an LSTM chunk unfinished with every thread idle (a CPU runtime deadlock).
-jax.config.update("jax_cpu_enable_async_dispatch", False)
-
 REPO_DIR = Path(__file__).resolve().parent
 DATA_DIR = Path(os.environ.get("RANKRL_DATA_DIR", REPO_DIR / "data"))
 
@@ -63,13 +58,29 @@ class DatasetError(RuntimeError):
 # ================================================================================================
 
 
+def per_member(fn: Callable) -> Callable:
+    """``jax.vmap(fn)`` over the leading (member) axis of every argument, but run one member at a
+    time (``lax.map``). Use it for any per-member function that calls LAPACK: an SVD (srank), a QR
+    (the LSTM's orthogonal initialiser), an eigendecomposition.
+
+    Why: jaxlib 0.10's CPU LAPACK kernels split a *batched* call into chunks, schedule them on
+    XLA's intra-op thread pool and block a pool worker until they finish (``ParallelBatchMap``
+    in jaxlib/cpu/lapack_kernels.cc). When as many batched kernels run at once as the pool has
+    workers (2 on a 2-core machine), every worker waits for work that no free worker can run:
+    the process hangs forever. An unbatched call (one matrix) runs inline and never waits on the
+    pool. The results are bitwise the same; the cost is that members' factorisations no longer
+    run in parallel, which the probe and the initialisation can afford.
+    """
+    return lambda *args: jax.lax.map(lambda xs: fn(*xs), args)
+
+
 def effective_rank(features: Array, delta: float = 0.01) -> Array:
     """srank_delta of a (batch, units) feature matrix, exactly as the paper's Appendix A.11 stub.
 
     With singular values s (descending) and c = cumsum(s), the stub returns
     ``n - #{k : c_k >= (1 - delta) * sum(s)} + 1`` with n = min(batch, units). That equals the
     smallest k with sum(s[:k]) >= (1 - delta) * sum(s), and an all-zero matrix gives 1 (every
-    c_k = 0 >= 0). Works under jit and vmap.
+    c_k = 0 >= 0). Works under jit; over members, call it through ``per_member`` (an SVD).
     """
     s = jnp.linalg.svd(features.astype(jnp.float32), compute_uv=False)
     cumsum = jnp.cumsum(s)
@@ -923,7 +934,8 @@ def _init_fn(net: nn.Module, optimizer: str) -> Callable:
         opt_state = make_optimizer(optimizer, lr).init(params)
         return TrainState(params, params, opt_state, train_key, jnp.zeros((), jnp.int32))
 
-    return jax.jit(jax.vmap(init_one, in_axes=(None, 0, 0)))
+    # per_member, not vmap: the LSTM's orthogonal initialiser is a QR (see per_member).
+    return jax.jit(lambda sample_obs, keys, lrs: per_member(functools.partial(init_one, sample_obs))(keys, lrs))
 
 
 def initial_params(net: nn.Module, sample_obs: Array, seeds: Sequence[int]) -> PyTree:
@@ -1013,7 +1025,8 @@ def make_probe_fn(net: nn.Module, tau: float) -> Callable:
         return {"srank": effective_rank(features), "dead_units": dead_units(features),
                 "dormant_frac": dormant_fraction(features, tau), "q_probe": jnp.mean(q)}
 
-    return jax.jit(jax.vmap(probe_one, in_axes=(0, None)))
+    # per_member, not vmap: srank is an SVD (see per_member).
+    return jax.jit(lambda params, obs: per_member(lambda p: probe_one(p, obs))(params))
 
 
 def probe_rows(ds: Dataset, size: int, seed: int = 0) -> np.ndarray:

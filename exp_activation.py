@@ -173,7 +173,7 @@ def layer_sranks(net: C.MLP, params: C.PyTree, obs: jax.Array) -> np.ndarray:
         inter = state["intermediates"]
         return jnp.stack([C.effective_rank(inter[f"features_{i}"][0]) for i in range(len(net.hidden))])
 
-    return np.asarray(jax.vmap(one)(params))
+    return np.asarray(C.per_member(one)(params))  # several SVDs per member: never batched (C.per_member)
 
 
 def distinct_transitions(ds: C.Dataset, limit: int, seed: int = 0) -> tuple[C.Batch, np.ndarray, bool]:

@@ -605,3 +605,29 @@ def test_random_scale_zooms_about_the_centre():
     assert np.all(out[:, 4:6, 4:6] == 1)  # the centre stays put whatever the factor
     border_empty = out[:, 0, :, 0].sum(axis=1) == 0
     assert 0 < border_empty.sum() < 64  # zoomed-out images gain an empty border, zoomed-in ones do not
+
+
+def lapack_batch_dims(compiled) -> list[int]:
+    """Batch dimensions of every LAPACK custom call in a compiled XLA program."""
+    import re
+
+    return [int(re.search(r'num_batch_dims="(\d+)"', line).group(1))
+            for line in compiled.as_text().splitlines() if 'custom_call_target="lapack_' in line]
+
+
+def test_no_batched_lapack_call_in_the_initialisation_or_the_probe():
+    """jaxlib 0.10's batched CPU LAPACK kernels can deadlock XLA's thread pool (C.per_member): the
+    programs that run a factorisation per member must run them one member at a time."""
+    members = [C.Member(s, 1e-3, "x") for s in range(3)]
+    lstm = C.RecurrentQNetwork(2, 16)
+    obs = jnp.zeros((1, 4, 3))
+    init = C._init_fn(lstm, "adam")
+    keys = jnp.stack([jax.random.key_data(jax.random.key(m.seed)) for m in members])
+    dims = lapack_batch_dims(init.lower(obs, keys, jnp.ones(3)).compile())
+    assert dims and set(dims) == {0}  # the QRs of the orthogonal initialiser, unbatched
+    state = C.init_members(lstm, obs, members, "adam")
+    dims = lapack_batch_dims(C.make_probe_fn(lstm, 0.025).lower(state.params, jnp.ones((32, 4, 3))).compile())
+    assert dims and set(dims) == {0}  # srank's SVD, unbatched
+    # The check itself can fail: a vmapped SVD is a batched call.
+    batched = jax.jit(jax.vmap(lambda x: C.effective_rank(x))).lower(jnp.ones((3, 8, 4))).compile()
+    assert set(lapack_batch_dims(batched)) == {1}
