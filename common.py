@@ -1,19 +1,29 @@
 """Shared core of the reproduction of "An empirical study of implicit regularization in deep
 offline RL" (Gulcehre et al., TMLR 2022).
 
-Every experiment script imports this module and nothing else of the repo. Sections, in the order
-data flows through a run:
+Every experiment script imports this module and nothing else of the repo. A run flows one way:
 
-  1. Rank metrics        effective_rank (srank), dead_units, dormant_fraction
-  2. Networks            MLP, MinAtarCNN, NatureCNN, RecurrentQNetwork -> (q or logits, features)
-  3. Losses              double_q_td_error, sarsa_td_error, mc_return_error, bc_loss, agent_loss
-  4. Environments        make_env: one batched numpy interface over bsuite, MinAtar and ALE
-  5. Datasets            Dataset, collect_dataset (local, cached), subsample, load_dqn_replay
-  6. Offline trainer     jit(vmap over sweep members)(lax.scan over K steps) per chunk
-  7. Evaluation          every member's episodes at once in batched environments
-  8. Results and CLI     metrics.csv / meta.json / claims.json, presets, plotting style
+    environment --> dataset --> offline trainer --> probe + evaluation --> metrics.csv --> claims, figures
+    (section 4)     (5)         (8; learner: 6)     (1, 9)                  (10)           (11, 12, 13)
 
-Pure functions (sections 1, 3 and the dataset gathers) are tested directly in tests/.
+and the tandem study's online agents (section 7) share the learner step (section 6) with the
+offline trainer. Sections:
+
+   1. Rank metrics       effective_rank (srank), dead_units, dormant_fraction, per_member
+   2. Networks           MLP, MinAtarCNN, NatureCNN, RecurrentQNetwork -> (q or logits, features)
+   3. Losses             pure TD / BC errors, and the trainer's loss objects (DoubleDQN, BVE, ...)
+   4. Environments       make_env: one batched numpy interface over bsuite, MinAtar and ALE
+   5. Datasets           Dataset, returns_to_go, collect_dataset (local, cached), load_dqn_replay
+   6. Learner            TrainState, optimizers, init_learners, learner_step
+   7. Online DQN         device replay ring, episode queue, the jitted acting-and-learning step, loop
+   8. Offline trainer    jit(vmap over members)(lax.scan over K steps) per chunk
+   9. Evaluation         every member's episodes at once in batched environments
+  10. Results            Recorder (rows, divergence, checkpoints), metrics.csv, Metrics, meta.json
+  11. Claims             the claim record written to claims.json
+  12. CLI                one frozen config per script, presets, validation, --plot-only
+  13. Plotting           seed mean with a standard-error band
+
+Importing this module changes no global JAX setting.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, NamedTuple, Sequence
+from typing import Annotated, Any, Callable, Iterable, Literal, Mapping, NamedTuple, Protocol, Sequence
 
 import flax
 import flax.linen as nn
@@ -47,6 +57,20 @@ DATA_DIR = Path(os.environ.get("RANKRL_DATA_DIR", REPO_DIR / "data"))
 
 Array = jax.Array
 PyTree = Any
+
+# ---- seed streams: one named constant per use of randomness -------------------------------------
+# Training seeds are the members' own (0, 1, ...). Everything else a run draws comes from one of
+# these, so two uses never share a stream by accident and a reader can find every one.
+DATA_SEED = 0  # the locally collected datasets (the behaviour agent and its environments)
+PROBE_SEED = 0  # which dataset rows form the fixed probe batch of 512 states
+SUBSAMPLE_SEED = 0  # the order of a dataset's transitions whose prefixes are its subsets
+EVAL_SEED = 10_000  # evaluation environments and the evaluation policy's exploration
+PERTURBED_EVAL_SEED = 20_000  # evaluation under observation perturbations (the robustness study)
+REFERENCE_SEED = 20_000  # the uniformly random policy that anchors normalised returns
+RANDOM_PROBE_SEED = 12_345  # the states a random policy visits (the tandem study's probe batch)
+FORK_ENV_SEED = 5_000  # the environments of the forked-tandem program
+
+DORMANT_TAU = 0.025  # Sokar et al. (2023)'s threshold for tau-dormant units
 
 
 class DatasetError(RuntimeError):
@@ -93,12 +117,26 @@ def dead_units(features: Array) -> Array:
     return jnp.sum(jnp.all(features == 0, axis=0)).astype(jnp.int32)
 
 
-def dormant_fraction(features: Array, tau: float = 0.025) -> Array:
+def dormant_fraction(features: Array, tau: float = DORMANT_TAU) -> Array:
     """Fraction of tau-dormant units (Sokar et al. 2023): a unit's mean |activation| over the batch,
     divided by the mean of that over the layer, is <= tau. An all-zero layer is fully dormant."""
     score = jnp.mean(jnp.abs(features), axis=0)
     normalised = score / jnp.maximum(jnp.mean(score), 1e-12)
     return jnp.mean(normalised <= tau)
+
+
+@functools.lru_cache(maxsize=32)
+def make_probe_fn(net: nn.Module) -> Callable:
+    """Compiled ``(stacked params, probe_obs) -> {metric: (members,)}`` on the fixed probe batch:
+    srank, dead units and the dormant fraction of the penultimate layer, and the mean Q value."""
+
+    def probe_one(params, obs):
+        q, features = net.apply(params, obs)
+        return {"srank": effective_rank(features), "dead_units": dead_units(features),
+                "dormant_frac": dormant_fraction(features), "q_probe": jnp.mean(q)}
+
+    # per_member, not vmap: srank is an SVD (see per_member).
+    return jax.jit(lambda params, obs: per_member(lambda p: probe_one(p, obs))(params))
 
 
 # ================================================================================================
@@ -113,6 +151,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "swish": nn.swish,
     "leaky_relu": nn.leaky_relu,
 }
+Activation = Literal["relu", "tanh", "elu", "gelu", "swish", "leaky_relu"]
 
 INITS = {
     "lecun": nn.initializers.lecun_normal(),  # flax's default (variance 1/fan_in)
@@ -206,7 +245,8 @@ class NatureCNN(nn.Module):
 class RecurrentQNetwork(nn.Module):
     """LSTM core over an observation history (batch, time, ...); the features are the LSTM's output
     at the last step. ``cell_activation`` replaces the LSTM's tanh (on the cell input and on the
-    cell state before the output gate), as in the paper's Section 6 ablation."""
+    cell state before the output gate), as in the paper's Section 6 ablation. The memory-task
+    stand-ins for DeepMind Lab (the activation and the interventions studies) both use it."""
 
     num_actions: int
     hidden: int = 64
@@ -222,7 +262,8 @@ class RecurrentQNetwork(nn.Module):
 
 
 def default_network(env_id: str, num_actions: int, activation: str = "relu") -> nn.Module:
-    """The paper's network for an environment family (Appendix A.12; MinAtar's own for MinAtar)."""
+    """The paper's network for an environment family (Appendix A.12; MinAtar's own for MinAtar):
+    bsuite a 2x64 MLP, MinAtar the MinAtar CNN, Atari the Nature CNN with one 512-unit layer."""
     family = env_id.split("/")[0]
     if family == "bsuite":
         return MLP(num_actions, (64, 64), activation)
@@ -234,7 +275,8 @@ def default_network(env_id: str, num_actions: int, activation: str = "relu") -> 
 
 
 # ================================================================================================
-# 3. Losses: pure functions on batched arrays (Dopamine / rlax conventions)
+# 3. Losses: pure functions on batched arrays (Dopamine / rlax conventions), and the loss objects
+#    the trainers take
 # ================================================================================================
 
 
@@ -283,47 +325,73 @@ class Batch(NamedTuple):
     mc_return: Array
 
 
-AGENT_LOSSES = ("double_dqn", "bve", "mc", "bc")
+class Loss(Protocol):
+    """What a trainer takes: ``loss(apply, params, target_params, batch, settings, key) -> (value,
+    aux)``. ``apply`` is the network's apply function, ``settings`` the member's traced settings
+    (a dict of scalars), ``key`` a fresh PRNG key per step. ``aux`` holds ``q_mean`` and the online
+    network's ``features`` of ``batch.obs`` (still differentiable, so an auxiliary loss built on
+    them trains the same forward pass). Gradients flow only into ``params``.
+
+    Losses are frozen dataclasses: their repr names every setting, they hash (compiled programs
+    are cached per loss), and two runs with equal losses compute the same thing."""
+
+    def __call__(self, apply: Callable, params: PyTree, target_params: PyTree, batch: Batch,
+                 settings: Mapping[str, Array], key: Array) -> tuple[Array, dict[str, Array]]: ...
 
 
-def agent_loss(
-    kind: str, apply_fn: Callable, params: PyTree, target_params: PyTree, batch: Batch,
-    gamma: float, clip_rewards: bool = False,
-) -> tuple[Array, dict[str, Array]]:
-    """Scalar training loss of one agent on one batch, and auxiliary outputs: mean Q and the online
-    network's features of ``batch.obs`` (still differentiable, so an auxiliary loss built on them,
-    such as CURL's, trains the same forward pass instead of repeating it).
+@dataclasses.dataclass(frozen=True)
+class DoubleDQN:
+    """Offline (double) DQN: Huber(delta = 1) of the double-Q TD error, bootstrapping from the
+    target network. Rewards are clipped to [-1, 1] where ``clip_rewards`` (Atari)."""
 
-    double_dqn: Huber(delta=1) of the double-Q TD error; bve: Huber of the SARSA error on the logged
-    next action; mc: Huber of the Monte-Carlo regression error; bc: cross-entropy. Gradients flow
-    only into ``params``: the target network's outputs are constants of the loss.
-    """
-    if kind not in AGENT_LOSSES:
-        raise ValueError(f"unknown loss {kind!r}; choose one of {AGENT_LOSSES}")
-    reward = jnp.clip(batch.reward, -1.0, 1.0) if clip_rewards else batch.reward
-    discount = gamma * batch.discount
-    if kind == "double_dqn":
+    gamma: float
+    clip_rewards: bool = False
+
+    def __call__(self, apply, params, target_params, batch, settings, key):
+        reward = jnp.clip(batch.reward, -1.0, 1.0) if self.clip_rewards else batch.reward
         # One forward pass of the online net on [s, s'] (cheaper than two on small CPU matmuls).
-        q_both, features_both = apply_fn(params, jnp.concatenate([batch.obs, batch.next_obs]))
+        q_both, features_both = apply(params, jnp.concatenate([batch.obs, batch.next_obs]))
         q_tm1, q_t_selector = jnp.split(q_both, 2)
-        q_t_value, _ = apply_fn(target_params, batch.next_obs)
-        td = double_q_td_error(q_tm1, batch.action, reward, discount,
+        q_t_value, _ = apply(target_params, batch.next_obs)
+        td = double_q_td_error(q_tm1, batch.action, reward, self.gamma * batch.discount,
                                jax.lax.stop_gradient(q_t_value), jax.lax.stop_gradient(q_t_selector))
         return jnp.mean(huber(td)), {"q_mean": jnp.mean(q_tm1), "features": features_both[: q_tm1.shape[0]]}
-    if kind == "bve":
-        q_tm1, features = apply_fn(params, batch.obs)
-        q_t, _ = apply_fn(target_params, batch.next_obs)
-        td = sarsa_td_error(q_tm1, batch.action, reward, discount,
+
+
+@dataclasses.dataclass(frozen=True)
+class BVE:
+    """Behaviour value estimation: Huber of the SARSA error on the logged next action."""
+
+    gamma: float
+    clip_rewards: bool = False
+
+    def __call__(self, apply, params, target_params, batch, settings, key):
+        reward = jnp.clip(batch.reward, -1.0, 1.0) if self.clip_rewards else batch.reward
+        q_tm1, features = apply(params, batch.obs)
+        q_t, _ = apply(target_params, batch.next_obs)
+        td = sarsa_td_error(q_tm1, batch.action, reward, self.gamma * batch.discount,
                             jax.lax.stop_gradient(q_t), batch.next_action)
         return jnp.mean(huber(td)), {"q_mean": jnp.mean(q_tm1), "features": features}
-    if kind == "mc":
-        q_tm1, features = apply_fn(params, batch.obs)
+
+
+@dataclasses.dataclass(frozen=True)
+class MonteCarlo:
+    """Huber regression of Q(s, a) onto the logged discounted return-to-go (on-policy evaluation)."""
+
+    def __call__(self, apply, params, target_params, batch, settings, key):
+        q_tm1, features = apply(params, batch.obs)
         return (jnp.mean(huber(mc_return_error(q_tm1, batch.action, batch.mc_return))),
                 {"q_mean": jnp.mean(q_tm1), "features": features})
-    logits, features = apply_fn(params, batch.obs)  # bc
-    return bc_loss(logits, batch.action), {"q_mean": jnp.mean(logits), "features": features}
 
 
+@dataclasses.dataclass(frozen=True)
+class BehaviourCloning:
+    """Cross-entropy of the logged action under the softmax of the network's outputs (the Q head
+    read as logits, so BC and DQN share the network)."""
+
+    def __call__(self, apply, params, target_params, batch, settings, key):
+        logits, features = apply(params, batch.obs)
+        return bc_loss(logits, batch.action), {"q_mean": jnp.mean(logits), "features": features}
 # ================================================================================================
 # 4. Environments: one batched numpy interface
 # ================================================================================================
@@ -443,7 +511,7 @@ class AtariEnv(VectorEnv):
 
         self.env = AtariVectorEnv(game=game, num_envs=num_envs, repeat_action_probability=0.25,
                                   reward_clipping=False, autoreset_mode="SameStep")
-        self.seed, self.num_envs = seed, num_envs
+        self.game, self.seed, self.num_envs = game, seed, num_envs
         self.num_actions = int(self.env.single_action_space.n)
         self.obs_shape, self.obs_dtype = (4, 84, 84), np.uint8
 
@@ -456,6 +524,14 @@ class AtariEnv(VectorEnv):
 
     def close(self):
         self.env.close()
+
+    # ALE's C++ vector env cannot be pickled: a checkpointed online run restarts its episodes (the
+    # environments are made again and reset) when it resumes, so Atari resumes are not bitwise.
+    def __getstate__(self):
+        return {"game": self.game, "num_envs": self.num_envs, "seed": self.seed}
+
+    def __setstate__(self, state):
+        self.__init__(state["game"], state["num_envs"], state["seed"])
 
 
 def _atari_game(name: str) -> str:
@@ -481,6 +557,11 @@ def validate_env_id(env_id: str) -> str:
         except ValueError:
             pass
     raise ValueError(f"unknown environment id {env_id!r}; {valid}")
+
+
+def check_env_ids(env_ids: Iterable[str]) -> None:
+    for env_id in env_ids:
+        validate_env_id(env_id)
 
 
 def make_env(env_id: str, num_envs: int, seed: int) -> VectorEnv:
@@ -509,9 +590,23 @@ class HistoryStack:
         return self.buffer
 
 
+
 # ================================================================================================
 # 5. Datasets
 # ================================================================================================
+
+
+def digest(*parts: Any) -> str:
+    """A short SHA-1 of arrays (their bytes, dtype and shape) and JSON-able values, in order."""
+    h = hashlib.sha1()
+    for part in parts:
+        if isinstance(part, (np.ndarray, jax.Array)):
+            a = np.ascontiguousarray(np.asarray(part))
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 @flax.struct.dataclass
@@ -522,7 +617,9 @@ class Dataset:
     whether that step ended the episode. The next observation of row i is row i+1. Each episode is
     preceded by ``history - 1`` all-zero padding rows (the DQN Replay layout), so the observation
     of row i is rows i-history+1..i stacked, with zeros before the episode start; padding rows and
-    rows without a successor are not in ``valid``, the rows a sampler may draw.
+    rows without a successor are not in ``valid``, the rows a sampler may draw. ``ident`` names the
+    contents (a digest of the arrays, or of the files they were read from): it is part of every
+    checkpoint's identity, so a run is never resumed on other data.
     """
 
     obs: Array  # (rows, *frame_shape)
@@ -533,6 +630,7 @@ class Dataset:
     valid: Array  # (transitions,) int32 row indices that may be sampled
     num_actions: int = flax.struct.field(pytree_node=False)
     history: int = flax.struct.field(pytree_node=False, default=1)
+    ident: str = flax.struct.field(pytree_node=False, default="")
 
     def __len__(self) -> int:
         return int(self.valid.shape[0])
@@ -556,31 +654,34 @@ class Dataset:
         return sum(int(np.asarray(x).nbytes) for x in jax.tree_util.tree_leaves(self))
 
 
-def returns_to_go(reward: np.ndarray, terminal: np.ndarray, gamma: float) -> np.ndarray:
-    """Discounted return from each row to its episode's end (the last episode of a buffer that
-    stops mid-episode gets the partial sum)."""
+def returns_to_go(reward: np.ndarray, episode_end: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted return from each row to the end of its piece of episode. ``episode_end`` marks
+    the rows after which the sum stops: terminal steps, and every cut where the row sequence does
+    not continue the same episode (a time-limit truncation, the end of a collection stream or of
+    a DQN Replay checkpoint, the write cursor of a replay buffer). Before a cut that is not a
+    termination the return is the partial sum up to the cut: the rest was never observed."""
     out = np.zeros(len(reward), np.float32)
     acc = 0.0
     for i in range(len(reward) - 1, -1, -1):
-        acc = reward[i] + gamma * acc * (1.0 - terminal[i])
+        acc = reward[i] + gamma * acc * (1.0 - float(episode_end[i]))
         out[i] = acc
     return out
 
 
-def make_dataset(obs, action, reward, terminal, valid, num_actions, history, gamma=0.99) -> Dataset:
-    return Dataset(
-        obs=jnp.asarray(obs), action=jnp.asarray(action, jnp.int32),
-        reward=jnp.asarray(reward, jnp.float32), terminal=jnp.asarray(terminal, jnp.float32),
-        mc_return=jnp.asarray(returns_to_go(np.asarray(reward, np.float32), np.asarray(terminal, np.float32), gamma)),
+def make_dataset(obs, action, reward, terminal, valid, num_actions, history, gamma=0.99, cut=None,
+                 ident: str | None = None) -> Dataset:
+    """A Dataset from row arrays. ``cut`` (bool per row, default none) marks rows after which the
+    rows do not continue the same episode without being terminal (see ``returns_to_go``);
+    ``ident`` defaults to a digest of the arrays."""
+    reward = np.asarray(reward, np.float32)
+    terminal = np.asarray(terminal, np.float32)
+    episode_end = terminal > 0 if cut is None else (terminal > 0) | np.asarray(cut, bool)
+    ds = Dataset(
+        obs=jnp.asarray(obs), action=jnp.asarray(action, jnp.int32), reward=jnp.asarray(reward),
+        terminal=jnp.asarray(terminal), mc_return=jnp.asarray(returns_to_go(reward, episode_end, gamma)),
         valid=jnp.asarray(valid, jnp.int32), num_actions=int(num_actions), history=int(history),
     )
-
-
-def subsample(ds: Dataset, fraction: float, seed: int) -> Dataset:
-    """A uniform subsample of the sampleable transitions (rows stay; only ``valid`` shrinks)."""
-    order = np.random.default_rng(seed).permutation(len(ds))
-    keep = max(1, int(round(fraction * len(ds))))
-    return ds.replace(valid=jnp.sort(ds.valid[jnp.asarray(order[:keep])]))
+    return ds.replace(ident=ident or digest(*jax.tree_util.tree_leaves(ds), int(num_actions), int(history)))
 
 
 # ---- local collection: an online DQN with action noise (the RL Unplugged bsuite recipe) ----------
@@ -610,12 +711,14 @@ def dataset_cache_path(env_id: str, noise: float, num_transitions: int, seed: in
                        cfg: CollectConfig, data_dir: Path | None = None) -> Path:
     key = json.dumps([COLLECT_VERSION, env_id, noise, num_transitions, seed, history,
                       dataclasses.asdict(cfg)], sort_keys=True)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    name = f"{env_id.replace('/', '_')}_noise{noise:g}_n{num_transitions}_s{seed}_h{history}_{digest}.npz"
+    name_digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    name = f"{env_id.replace('/', '_')}_noise{noise:g}_n{num_transitions}_s{seed}_h{history}_{name_digest}.npz"
     return Path(data_dir or DATA_DIR) / name
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], suffix: str) -> None:
+def atomic_write(path: Path, write: Callable[[Any], None], suffix: str = ".tmp") -> None:
+    """Writes ``path`` through a temporary file in the same directory and a rename, so a reader
+    (or a killed writer) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
@@ -626,6 +729,15 @@ def _atomic_write(path: Path, write: Callable[[Any], None], suffix: str) -> None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _collected_dataset(arrays: dict, history: int, gamma: float) -> Dataset:
+    # In the collected layout every row outside `valid` is padding, a truncated step or the
+    # unfinished tail of a collection stream: the episode does not continue past it.
+    sampleable = np.zeros(len(arrays["reward"]), bool)
+    sampleable[arrays["valid"]] = True
+    return make_dataset(**{k: arrays[k] for k in ("obs", "action", "reward", "terminal", "valid")},
+                        num_actions=int(arrays["num_actions"]), history=history, gamma=gamma, cut=~sampleable)
 
 
 def collect_dataset(env_id: str, noise: float, num_transitions: int, seed: int, history: int = 1,
@@ -643,14 +755,12 @@ def collect_dataset(env_id: str, noise: float, num_transitions: int, seed: int, 
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
-            return make_dataset(**{k: arrays[k] for k in ("obs", "action", "reward", "terminal", "valid")},
-                                num_actions=int(arrays["num_actions"]), history=history, gamma=cfg.gamma)
+            return _collected_dataset(arrays, history, cfg.gamma)
         except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as e:
             print(f"warning: cached dataset {path} is unreadable ({e}); collecting it again", file=sys.stderr)
     arrays = _collect(env_id, noise, num_transitions, seed, history, cfg, progress)
-    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays), ".npz")
-    return make_dataset(**{k: arrays[k] for k in ("obs", "action", "reward", "terminal", "valid")},
-                        num_actions=int(arrays["num_actions"]), history=history, gamma=cfg.gamma)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays), ".npz")
+    return _collected_dataset(arrays, history, cfg.gamma)
 
 
 def _collect(env_id, noise, num_transitions, seed, history, cfg: CollectConfig, progress) -> dict:
@@ -665,6 +775,7 @@ def _collect(env_id, noise, num_transitions, seed, history, cfg: CollectConfig, 
     params = net.init(init_key, obs[:1])
     target_params = params
     opt = optax.adam(cfg.learning_rate)
+    loss = DoubleDQN(cfg.gamma)
     opt_state = opt.init(params)
 
     @jax.jit
@@ -673,7 +784,7 @@ def _collect(env_id, noise, num_transitions, seed, history, cfg: CollectConfig, 
 
     @jax.jit
     def update(params, target_params, opt_state, batch):
-        grads = jax.grad(lambda p: agent_loss("double_dqn", net.apply, p, target_params, batch, cfg.gamma)[0])(params)
+        grads = jax.grad(lambda p: loss(net.apply, p, target_params, batch, {}, None)[0])(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
@@ -790,8 +901,9 @@ def load_dqn_replay(directory: str | Path, checkpoints: Sequence[int], num_actio
     if not directory.is_dir():
         raise DatasetError(f"DQN Replay directory {directory} does not exist (pass --data-dir "
                            "<...>/<Game>/<run>/replay_logs)")
-    parts = {k: [] for k in (*DQN_REPLAY_FIELDS, "valid")}
+    parts = {k: [] for k in (*DQN_REPLAY_FIELDS, "valid", "cut")}
     offset = 0
+    files = []
     for n in checkpoints:
         arrays = {k: _load_gz_npy(directory / f"$store$_{k}_ckpt.{n}.gz") for k in DQN_REPLAY_FIELDS}
         add_count = int(_load_gz_npy(directory / f"add_count_ckpt.{n}.gz"))
@@ -803,15 +915,25 @@ def load_dqn_replay(directory: str | Path, checkpoints: Sequence[int], num_actio
         for k in DQN_REPLAY_FIELDS:
             parts[k].append(arrays[k])
         parts["valid"].append(dqn_replay_valid(arrays["terminal"], add_count, invalid_range, history) + offset)
+        # Episodes do not run on past the checkpoint's last row, nor past the write cursor (the
+        # newest row; the next one is the oldest of a wrapped circular buffer).
+        cut = np.zeros(rows, bool)
+        cut[-1] = True
+        if add_count > 0:
+            cut[(add_count - 1) % rows] = True
+        parts["cut"].append(cut)
+        files += sorted(directory.glob(f"*_ckpt.{n}.gz"))
         offset += rows
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     if num_actions is None:
         num_actions = int(cat["action"].max()) + 1
+    # The files name the contents: hashing ~7 GB of frames per checkpoint would take minutes.
+    ident = digest([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files], history, gamma)
     return make_dataset(cat["observation"], cat["action"], cat["reward"], cat["terminal"], cat["valid"],
-                        num_actions, history, gamma)
+                        num_actions, history, gamma, cut=cat["cut"], ident=ident)
 
 
-def offline_dataset(env_id: str, *, noise: float, num_transitions: int, seed: int, history: int = 1,
+def offline_dataset(env_id: str, *, noise: float, num_transitions: int, seed: int = DATA_SEED, history: int = 1,
                     data_dir: str | Path | None = None, run: int = 1, checkpoints: Sequence[int] = (0,),
                     progress: bool = True) -> Dataset:
     """The offline dataset of an environment: for ``atari/<Game>`` the DQN Replay files under
@@ -828,26 +950,392 @@ def offline_dataset(env_id: str, *, noise: float, num_transitions: int, seed: in
     return collect_dataset(env_id, noise, num_transitions, seed, history, progress=progress)
 
 
+
 # ================================================================================================
-# 6. Offline trainer: jit(vmap over sweep members)(lax.scan over K gradient steps) per chunk
+# 6. Learner: one agent's state and its gradient step (the offline trainer and the online agents)
+# ================================================================================================
+
+
+class TrainState(NamedTuple):
+    params: PyTree
+    target_params: PyTree
+    opt_state: PyTree
+    key: Array
+    step: Array
+
+
+Optimizer = Literal["adam", "rmsprop"]
+
+
+def make_optimizer(name: str, learning_rate: float | Array = 0.0) -> optax.GradientTransformation:
+    """Adam (the paper's optimizer) or RMSProp with Dopamine's DQN settings (as in tandem DQN). The
+    learning rate is injected as optimizer state, so it is a traced value: 12 learning rates are
+    one compiled program. The rate given here is what ``init`` stores; ``update`` reads it back."""
+    if name == "adam":
+        return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    if name == "rmsprop":
+        return optax.inject_hyperparams(optax.rmsprop)(learning_rate=learning_rate, decay=0.95, eps=1e-5,
+                                                        centered=True)
+    raise ValueError(f"unknown optimizer {name!r}; choose adam or rmsprop")
+
+
+def init_learners(net: nn.Module, sample_obs: Array, keys: Array, learning_rates: Sequence[float],
+                  optimizer: str) -> TrainState:
+    """Stacked initial states of learners with these PRNG keys (one per learner): each key splits
+    into the parameters' and the learner's own training key, so learners that share a key (the 12
+    learning rates of one seed) start from the same weights."""
+    key_data = jnp.stack([jax.random.key_data(k) for k in keys])
+    return _init_fn(net, optimizer)(jnp.asarray(sample_obs), key_data, jnp.asarray(learning_rates, jnp.float32))
+
+
+@functools.lru_cache(maxsize=32)  # compiled once per (network, optimizer), not once per run
+def _init_fn(net: nn.Module, optimizer: str) -> Callable:
+    def init_one(sample_obs, key_data, lr):
+        init_key, train_key = jax.random.split(jax.random.wrap_key_data(key_data))
+        params = net.init(init_key, sample_obs)
+        opt_state = make_optimizer(optimizer, lr).init(params)
+        return TrainState(params, params, opt_state, train_key, jnp.zeros((), jnp.int32))
+
+    # per_member, not vmap: the LSTM's orthogonal initialiser is a QR (see per_member).
+    return jax.jit(lambda sample_obs, keys, lrs: per_member(functools.partial(init_one, sample_obs))(keys, lrs))
+
+
+def seed_keys(seeds: Iterable[int]) -> list[Array]:
+    """The root key of each training seed."""
+    return [jax.random.key(int(s)) for s in seeds]
+
+
+def initial_params(net: nn.Module, sample_obs: Array, seeds: Sequence[int]) -> PyTree:
+    """Stacked initial parameters of learners with these seeds: the weights the offline trainer
+    starts them from (drawn by ``init_learners`` itself, so the two can never disagree)."""
+    return init_learners(net, sample_obs, seed_keys(seeds), [0.0] * len(seeds), "adam").params
+
+
+GradientRule = Callable[[Callable[[PyTree], tuple[Array, dict]], PyTree, Mapping[str, Array]],
+                        tuple[tuple[Array, dict], PyTree]]
+
+
+def plain_gradient(loss_of_params: Callable, params: PyTree, settings: Mapping[str, Array]):
+    """The gradient of the loss at the parameters: ``((value, aux), grads)``. The trainers take
+    another rule in its place (SAM, in the interventions study) with the same signature."""
+    return jax.value_and_grad(loss_of_params, has_aux=True)(params)
+
+
+def learner_step(apply: Callable, optimizer: optax.GradientTransformation, state: TrainState, batch: Batch,
+                 loss: Loss, settings: Mapping[str, Array], key: Array | None,
+                 gradient: GradientRule = plain_gradient) -> tuple[TrainState, Array, Array]:
+    """One gradient step of one learner on one batch: the loss's gradient (by ``gradient``), an
+    optimizer update, and a copy of the online parameters into the target network every
+    ``settings["target_update_period"]`` steps. Returns (new state, loss, mean Q); ``state.key``
+    is passed through untouched."""
+    (value, aux), grads = gradient(lambda p: loss(apply, p, state.target_params, batch, settings, key),
+                                   state.params, settings)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step_count = state.step + 1
+    target = optax.periodic_update(params, state.target_params, step_count, settings["target_update_period"])
+    return TrainState(params, target, opt_state, state.key, step_count), value, aux["q_mean"]
+
+
+def stack_trees(trees: Sequence[PyTree]) -> PyTree:
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+# ================================================================================================
+# 7. Online DQN: the agent that acts, fills its replay and learns (the tandem study's active agent)
+# ================================================================================================
+
+
+class Transitions(NamedTuple):
+    obs: Any  # (n, *obs_shape)
+    action: Any  # (n,) int32
+    reward: Any  # (n,) float32
+    discount: Any  # (n,) float32, 0 where the step terminated its episode
+    mc_return: Any  # (n,) float32, discounted return from this step to the episode's end
+
+
+class Replay(NamedTuple):
+    """One seed's replay on the device: ring arrays of transitions written in time order, so the
+    successor of row i is row i + 1 (mod capacity).
+
+    ``sampleable`` says which rows a minibatch may draw, uniformly: a row is drawn only when its
+    successor is the true next state. That excludes the last step of a time-limit truncation (its
+    next state was never stored: the environment reset) and, until the next insert writes its
+    successor, the newest row when its episode goes on (``pending``)."""
+
+    data: Transitions
+    sampleable: Array  # (capacity,) bool
+    ptr: Array  # next row to write
+    size: Array  # rows written so far, at most the capacity
+    pending: Array  # bool: the newest row waits for its successor
+
+    @staticmethod
+    def empty(capacity: int, obs_shape, obs_dtype, seeds: int) -> "Replay":
+        """Empty replays of ``seeds`` seeds (a leading seed axis on every array)."""
+        zeros = lambda *shape, dtype=jnp.float32: jnp.zeros((seeds, *shape), dtype)
+        data = Transitions(zeros(capacity, *obs_shape, dtype=obs_dtype), zeros(capacity, dtype=jnp.int32),
+                           zeros(capacity), zeros(capacity), zeros(capacity))
+        return Replay(data, zeros(capacity, dtype=bool), zeros(dtype=jnp.int32), zeros(dtype=jnp.int32),
+                      zeros(dtype=bool))
+
+    def insert(self, block: Transitions, sampleable: Array, count: Array, continues: Array) -> "Replay":
+        """Writes the first ``count`` rows of ``block`` at the insert index (the rest are dropped);
+        ``continues``: the last of them is mid-episode, its successor comes in the next block."""
+        capacity = self.data.action.shape[0]
+        newest = (self.ptr - 1) % capacity
+        released = self.sampleable.at[newest].set(self.sampleable[newest] | (self.pending & (count > 0)))
+        i = jnp.arange(block.action.shape[0])
+        rows = jnp.where(i < count, (self.ptr + i) % capacity, capacity)  # out of range: not written
+        data = jax.tree_util.tree_map(lambda buf, new: buf.at[rows].set(new, mode="drop"), self.data, block)
+        return Replay(data, released.at[rows].set(sampleable, mode="drop"), (self.ptr + count) % capacity,
+                      jnp.minimum(self.size + count, capacity), jnp.where(count > 0, continues, self.pending))
+
+    def num_sampleable(self) -> Array:
+        return jnp.sum(self.sampleable.astype(jnp.int32))
+
+    def sample(self, key: Array, shape: tuple[int, ...]) -> Array:
+        """Rows drawn uniformly among the sampleable ones (row 0 while there are none)."""
+        cumulative = jnp.cumsum(self.sampleable.astype(jnp.int32))
+        j = jax.random.randint(key, shape, 0, jnp.maximum(cumulative[-1], 1))
+        return jnp.searchsorted(cumulative, j, side="right").astype(jnp.int32)
+
+    def batch(self, rows: Array) -> Batch:
+        following = (rows + 1) % self.data.action.shape[0]
+        d = self.data
+        return Batch(obs=d.obs[rows], action=d.action[rows], reward=d.reward[rows], discount=d.discount[rows],
+                     next_obs=d.obs[following], next_action=d.action[following], mc_return=d.mc_return[rows])
+
+
+class EpisodeQueue:
+    """Host side of the replay: each environment's running episode and each seed's finished
+    transitions waiting to enter its device buffer, at most ``block`` rows per vector step.
+
+    An episode is queued when it ends, with its discounted return-to-go. A terminated episode's
+    last row has discount 0; a truncated one's last row keeps discount 1 but is not sampleable
+    (its next state is not stored) and its return-to-go is the partial sum (``returns_to_go``)."""
+
+    def __init__(self, seeds: int, num_envs: int, block: int, obs_shape, obs_dtype, gamma: float):
+        self.block, self.gamma = block, gamma
+        self.running = [[[] for _ in range(num_envs)] for _ in range(seeds)]
+        self.waiting: list[list[tuple[Transitions, np.ndarray, np.ndarray]]] = [[] for _ in range(seeds)]
+        self.obs_shape, self.obs_dtype = tuple(obs_shape), obs_dtype
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
+            truncated: np.ndarray) -> None:
+        """One vector step: arrays of shape (seeds, num_envs, ...)."""
+        for s, episodes in enumerate(self.running):
+            for e, episode in enumerate(episodes):
+                episode.append((obs[s, e], action[s, e], reward[s, e]))
+                if terminated[s, e] or truncated[s, e]:
+                    self.waiting[s].append(self._finish(episode, bool(terminated[s, e])))
+                    episodes[e] = []
+
+    def _finish(self, steps: list, terminated: bool):
+        obs, action, reward = zip(*steps)
+        n = len(steps)
+        reward = np.asarray(reward, np.float32)
+        end = np.zeros(n, bool)
+        end[-1] = True
+        discount = np.ones(n, np.float32)
+        discount[-1] = 0.0 if terminated else 1.0
+        sampleable = np.ones(n, bool)
+        sampleable[-1] = terminated  # a truncated step's next state is not stored
+        rows = Transitions(np.stack(obs), np.asarray(action, np.int32), reward, discount,
+                           returns_to_go(reward, end, self.gamma))
+        return rows, sampleable, end
+
+    def take(self) -> tuple[Transitions, np.ndarray, np.ndarray, np.ndarray]:
+        """Up to ``block`` waiting rows per seed, padded to ``block``: (Transitions (seeds, block, ...),
+        sampleable (seeds, block), counts (seeds,), continues (seeds,))."""
+        heads, flags, counts, continues = [], [], [], []
+        for s, waiting in enumerate(self.waiting):
+            if waiting:
+                rows = Transitions(*(np.concatenate(f) for f in zip(*(w[0] for w in waiting))))
+                sampleable = np.concatenate([w[1] for w in waiting])
+                end = np.concatenate([w[2] for w in waiting])
+            else:
+                rows = Transitions(np.zeros((0, *self.obs_shape), self.obs_dtype), np.zeros(0, np.int32),
+                                   *(np.zeros(0, np.float32) for _ in range(3)))
+                sampleable, end = np.zeros(0, bool), np.zeros(0, bool)
+            n = min(self.block, len(end))
+            self.waiting[s] = ([(Transitions(*(f[n:] for f in rows)), sampleable[n:], end[n:])]
+                               if len(end) > n else [])
+            head_flags = sampleable[:n].copy()
+            goes_on = n > 0 and not end[n - 1]  # the block cuts an episode: its successor comes next
+            if goes_on:
+                head_flags[-1] = False  # released by the next insert
+            pad = self.block - n
+            heads.append(Transitions(*(np.concatenate([f[:n], np.zeros((pad, *f.shape[1:]), f.dtype)]) for f in rows)))
+            flags.append(np.concatenate([head_flags, np.zeros(pad, bool)]))
+            counts.append(n)
+            continues.append(goes_on)
+        return (Transitions(*(np.stack(f) for f in zip(*heads))), np.stack(flags), np.asarray(counts, np.int32),
+                np.asarray(continues))
+
+
+def epsilon_greedy(key: Array, q: Array, epsilon: Array) -> Array:
+    explore_key, action_key = jax.random.split(key)
+    random_action = jax.random.randint(action_key, q.shape[:1], 0, q.shape[-1])
+    return jnp.where(jax.random.uniform(explore_key, q.shape[:1]) < epsilon, random_action, jnp.argmax(q, axis=-1))
+
+
+class OnlineState(NamedTuple):
+    """Everything one seed's online program carries from step to step (stacked over seeds)."""
+
+    learners: tuple[TrainState, ...]
+    actor: PyTree  # the frozen acting parameters, or None where a learner acts (its current params)
+    replay: Replay
+    key: Array
+
+
+def make_online_step(net: nn.Module, optimizer: str, losses: tuple[Loss, ...], *, acting: int | None,
+                     batch_size: int, updates_per_step: int, learning_starts: int,
+                     target_update_period: int) -> Callable:
+    """The one jitted step of an online program, vmapped over seeds:
+    ``(state, block, sampleable, count, continues, obs, epsilon) -> (state, actions, mean loss per
+    learner)``.
+
+    Per seed: move ``count`` finished transitions into the replay; draw ``updates_per_step`` x
+    ``batch_size`` rows among the sampleable ones; give every learner the same minibatches in the
+    same order, each with its own loss (``losses[k]`` for learner k) and its own optimizer state;
+    then act epsilon-greedily on ``obs`` with learner ``acting`` (after its update) or, if
+    ``acting`` is None, with the frozen ``state.actor``. Learners start updating once their
+    seed's replay holds ``learning_starts`` sampleable transitions."""
+    opt = make_optimizer(optimizer)
+    settings = {"target_update_period": target_update_period}
+
+    def seed_step(state: OnlineState, block: Transitions, sampleable, count, continues, obs, epsilon):
+        replay = state.replay.insert(block, sampleable, count, continues)
+        key, sample_key, act_key = jax.random.split(state.key, 3)
+        rows = replay.sample(sample_key, (updates_per_step, batch_size))
+
+        def update(learners, rows):
+            batch = replay.batch(rows)
+            stepped = [learner_step(net.apply, opt, learner, batch, loss, settings, None)
+                       for learner, loss in zip(learners, losses)]
+            return tuple(s[0] for s in stepped), jnp.stack([s[1] for s in stepped])
+
+        updated, loss = jax.lax.scan(update, state.learners, rows)
+        ready = replay.num_sampleable() >= learning_starts
+        learners = jax.tree_util.tree_map(lambda new, old: jnp.where(ready, new, old), updated, state.learners)
+        actor = learners[acting].params if acting is not None else state.actor
+        actions = epsilon_greedy(act_key, net.apply(actor, obs)[0], epsilon)
+        return OnlineState(learners, state.actor, replay, key), actions, jnp.where(ready, jnp.mean(loss, axis=0), jnp.nan)
+
+    return jax.jit(jax.vmap(seed_step, in_axes=(0, 0, 0, 0, 0, 0, None)), donate_argnums=0)
+
+
+class SeedEnvs:
+    """``num_envs`` environments per seed (seed s's environments are seeded by ``base + s`` alone),
+    stepped together; arrays are (seeds, num_envs, ...). Picklable (a checkpoint keeps them)."""
+
+    def __init__(self, env_id: str, seeds: int, num_envs: int, base: int):
+        self.envs = [make_env(env_id, num_envs, base + s) for s in range(seeds)]
+        self.num_actions, self.obs_shape, self.obs_dtype = (self.envs[0].num_actions, self.envs[0].obs_shape,
+                                                           self.envs[0].obs_dtype)
+
+    def reset(self) -> np.ndarray:
+        return np.stack([env.reset() for env in self.envs])
+
+    def step(self, actions: np.ndarray):
+        return tuple(np.stack(x) for x in zip(*(env.step(a) for env, a in zip(self.envs, actions))))
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineProgram:
+    """One online program: which environment, how many seeds and environments per seed, and the
+    span of environment steps (per seed) it runs, logging every ``log_every`` steps."""
+
+    env_id: str
+    seeds: int
+    num_envs: int
+    env_seed: int  # seed s's environments are seeded by env_seed + s
+    start: int
+    stop: int
+    log_every: int
+    insert_block: int  # finished transitions a seed may move into its replay per vector step
+    gamma: float
+
+
+def run_online(program: OnlineProgram, step_fn: Callable, state: OnlineState, recorder: "Recorder", *,
+               epsilon: Callable[[int], float], log: Callable[[int, OnlineState, np.ndarray | None], None],
+               keep_at: int | None = None, progress: Callable[[int], None] = lambda n: None,
+               timings: "Timings | None" = None) -> tuple[OnlineState, Any]:
+    """Runs ``program`` from its start (or from the recorder's checkpoint) to its stop: per vector
+    step, the queued finished episodes enter the replay, every learner updates and the actor acts
+    (``step_fn``), and the environments step. Every ``log_every`` environment steps, ``log(step,
+    state, mean losses since the last log)`` records what it wants through the recorder; the
+    checkpoint then holds the device state and the host's (environments, episode queue, current
+    observations), so a killed run resumes bit for bit (Atari: its episodes restart).
+    Returns the final state and, if ``keep_at`` is given, a host copy (``to_host``) of the state at
+    that step."""
+    import cloudpickle
+
+    timings = timings or Timings()
+    resumed = recorder.resume()
+    if resumed is None:
+        envs = SeedEnvs(program.env_id, program.seeds, program.num_envs, program.env_seed)
+        queue = EpisodeQueue(program.seeds, program.num_envs, program.insert_block, envs.obs_shape, envs.obs_dtype,
+                             program.gamma)
+        host = {"step": program.start, "envs": envs, "queue": queue, "obs": envs.reset(), "losses": [], "kept": None}
+        log(program.start, state, None)
+    else:
+        state = restore_like(state, resumed[0])
+        host = cloudpickle.loads(resumed[2])
+    progress(host["step"] - program.start)
+    last_save = time.time()
+    first = True
+    while host["step"] < program.stop:
+        block, sampleable, counts, continues = host["queue"].take()
+        with timings("compile" if first else "act_and_learn"):
+            state, actions, loss = step_fn(state, block, sampleable, counts, continues, host["obs"],
+                                           epsilon(host["step"]))
+            actions = np.asarray(actions)
+        first = False
+        with timings("environment"):
+            next_obs, reward, terminated, truncated = host["envs"].step(actions)
+            host["queue"].add(host["obs"], actions, reward, terminated, truncated)
+        host["losses"].append(np.asarray(loss))
+        host["obs"] = next_obs
+        host["step"] += program.num_envs
+        progress(program.num_envs)
+        if host["step"] == keep_at:
+            host["kept"] = to_host(state)
+        if host["step"] % program.log_every == 0:
+            with _quiet_nan_warnings():
+                mean_loss = np.nanmean(np.stack(host["losses"]), axis=0)  # NaN: not learning yet
+            host["losses"] = []
+            log(host["step"], state, mean_loss)
+            if recorder.due(last_save) or host["step"] >= program.stop:
+                with timings("checkpoint"):
+                    recorder.save(state, {"env_step": host["step"]}, cloudpickle.dumps(host))
+                last_save = time.time()
+    host["envs"].close()
+    return state, host["kept"]
+
+
+# ================================================================================================
+# 8. Offline trainer: jit(vmap over sweep members)(lax.scan over K gradient steps) per chunk
 # ================================================================================================
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    loss: str = "double_dqn"  # one of AGENT_LOSSES
-    num_steps: int = 100_000  # gradient steps per member
-    chunk_steps: int = 1_000  # steps per compiled call; metrics are taken between chunks
+    """How an offline run trains. The fields without a default are method: a study states them."""
+
+    num_steps: int  # gradient steps per member
+    chunk_steps: int  # steps per compiled call; metrics are taken between chunks
+    batch_size: int
+    optimizer: Optimizer
+    target_update_period: int  # steps between copies of the online network into the target
+    probe_size: int  # states in the fixed probe batch (the paper's rank batch: 512)
+    eval_every: int  # gradient steps between online evaluations (0: never)
     early_chunk_steps: int = 0  # if > 0, the first chunk is split into chunks this long, so that the
     #                             abrupt early srank collapse (phase 1) is resolved in the curves
-    batch_size: int = 32
-    gamma: float = 0.99
-    optimizer: str = "adam"  # adam | rmsprop
-    target_update_period: int = 100
-    clip_rewards: bool = False
-    probe_size: int = 512  # the paper's rank batch
-    dormant_tau: float = 0.025
-    eval_every: int = 10_000  # gradient steps between online evaluations (0: never)
     checkpoint_seconds: float = 60.0  # wall time between checkpoints
 
 
@@ -868,168 +1356,61 @@ def chunk_plan(cfg: TrainConfig) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One member of a sweep: its seed, learning rate and label for metrics.csv, and the other
-    settings that may differ between members of one compiled program (all traced values)."""
+    """One member of a sweep: its seed and learning rate, the typed values its rows carry in
+    metrics.csv (``columns``, e.g. ``{"lr": 3e-4}``), and its other traced settings. The trainer
+    reads ``target_update_period`` and ``data_size`` (train on the first ``data_size`` entries of
+    the data order; None: the config's / all of it); a study's loss or gradient rule reads
+    ``settings`` (e.g. a CURL weight). All of them are traced values, so members that differ in
+    them are one compiled program."""
 
     seed: int
     learning_rate: float
-    config: str  # e.g. "lr=3e-4"
-    data_size: int | None = None  # first data_size entries of the trainer's data order (None: all)
-    target_update_period: int | None = None  # None: the TrainConfig's
-    sam_rho: float = 0.0  # SAM radius (Foret et al. 2021); 0: plain gradients
-    extra_weight: float = 1.0  # weight of the trainer's extra_loss (e.g. CURL's), if one is given
+    columns: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    target_update_period: int | None = None
+    data_size: int | None = None
+    settings: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
-class MemberSettings(NamedTuple):
-    """The per-member values of ``Member`` as stacked arrays, an argument of the compiled chunk."""
-
-    data_size: Array
-    target_update_period: Array
-    sam_rho: Array
-    extra_weight: Array
-
-
-def member_settings(members: Sequence[Member], num_transitions: int, cfg: TrainConfig) -> MemberSettings:
-    return MemberSettings(
-        data_size=jnp.asarray([m.data_size or num_transitions for m in members], jnp.int32),
-        target_update_period=jnp.asarray([m.target_update_period or cfg.target_update_period for m in members],
-                                         jnp.int32),
-        sam_rho=jnp.asarray([m.sam_rho for m in members], jnp.float32),
-        extra_weight=jnp.asarray([m.extra_weight for m in members], jnp.float32),
-    )
+def member_settings(members: Sequence[Member], cfg: TrainConfig, num_transitions: int) -> dict[str, Array]:
+    """The members' traced settings as one pytree of stacked arrays, the chunk's argument."""
+    stacked = {
+        "data_size": jnp.asarray([m.data_size or num_transitions for m in members], jnp.int32),
+        "target_update_period": jnp.asarray([m.target_update_period or cfg.target_update_period for m in members],
+                                            jnp.int32),
+    }
+    for name in dict.fromkeys(k for m in members for k in m.settings):
+        stacked[name] = jnp.asarray([m.settings[name] for m in members], jnp.float32)
+    return stacked
 
 
-class TrainState(NamedTuple):
-    params: PyTree
-    target_params: PyTree
-    opt_state: PyTree
-    key: Array
-    step: Array
+@functools.lru_cache(maxsize=32)  # one compiled program per (network, loss, rule, shape): reruns skip the compile
+def make_chunk_fn(net: nn.Module, loss: Loss, gradient: GradientRule, optimizer: str, batch_size: int,
+                  steps: int) -> Callable:
+    """Compiled ``(states, dataset, order, settings) -> (states, mean_loss, mean_q)``: ``steps``
+    gradient steps for every member at once. Minibatch rows are drawn on device from
+    ``order[:data_size]`` (the member's share of the data), so the dataset never leaves the device."""
+    opt = make_optimizer(optimizer)
 
-
-def make_optimizer(name: str, learning_rate: float | Array = 0.0) -> optax.GradientTransformation:
-    """The optimizer with its learning rate injected as state, so the rate is a traced value: the
-    rate given here is what ``init`` stores; ``update`` reads it back from the state."""
-    if name == "adam":
-        return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-    if name == "rmsprop":  # Dopamine's DQN RMSProp settings, as in tandem DQN
-        return optax.inject_hyperparams(optax.rmsprop)(learning_rate=learning_rate, decay=0.95, eps=1e-5,
-                                                        centered=True)
-    raise ValueError(f"unknown optimizer {name!r}; choose adam or rmsprop")
-
-
-def init_members(net: nn.Module, sample_obs: Array, members: Sequence[Member], optimizer: str) -> TrainState:
-    """Stacked initial states: member m's parameters depend only on its seed, so members that share a
-    seed (e.g. the 12 learning rates of one seed) start from the same weights."""
-    keys = jnp.stack([jax.random.key_data(jax.random.key(m.seed)) for m in members])
-    lrs = jnp.asarray([m.learning_rate for m in members], jnp.float32)
-    return _init_fn(net, optimizer)(jnp.asarray(sample_obs), keys, lrs)
-
-
-@functools.lru_cache(maxsize=32)  # compiled once per (network, optimizer), not once per run
-def _init_fn(net: nn.Module, optimizer: str) -> Callable:
-    def init_one(sample_obs, key_data, lr):
-        init_key, train_key = jax.random.split(jax.random.wrap_key_data(key_data))
-        params = net.init(init_key, sample_obs)
-        opt_state = make_optimizer(optimizer, lr).init(params)
-        return TrainState(params, params, opt_state, train_key, jnp.zeros((), jnp.int32))
-
-    # per_member, not vmap: the LSTM's orthogonal initialiser is a QR (see per_member).
-    return jax.jit(lambda sample_obs, keys, lrs: per_member(functools.partial(init_one, sample_obs))(keys, lrs))
-
-
-def initial_params(net: nn.Module, sample_obs: Array, seeds: Sequence[int]) -> PyTree:
-    """Stacked initial parameters of members with these seeds (the weights a run started from),
-    drawn by ``init_members`` itself so the two can never disagree."""
-    return init_members(net, sample_obs, [Member(s, 0.0, "") for s in seeds], "adam").params
-
-
-def learner_step(net: nn.Module, opt: optax.GradientTransformation, state: TrainState, batch: Batch, *,
-                 loss: str, gamma: float, target_update_period: int | Array, clip_rewards: bool = False,
-                 extra_loss: Callable | None = None, extra_weight: float | Array = 1.0,
-                 sam_rho: float | Array | None = None, key: Array | None = None) -> tuple[TrainState, Array, Array]:
-    """One gradient step of one agent on one batch: the ``loss`` of ``agent_loss``, plus
-    ``extra_weight * extra_loss(params, features, target_params, batch, key)`` if given (``features``:
-    the online network's differentiable features of ``batch.obs``), an optimizer update, and a copy
-    of the online parameters into the target every ``target_update_period`` steps.
-
-    With ``sam_rho`` (None compiles plain gradients) the gradient is SAM's (Foret et al. 2021): the
-    gradient at the worst-case point ``params + rho * g / ||g||`` of the first-order neighbourhood;
-    rho = 0 gives the plain gradient (at twice the cost). ``state.key`` is passed through untouched.
-    Returns (new state, loss, mean Q). The offline trainer and the online tandem agents
-    (exp_tandem.py) share it."""
-
-    def loss_fn(params):
-        value, aux = agent_loss(loss, net.apply, params, state.target_params, batch, gamma, clip_rewards)
-        if extra_loss is not None:
-            value = value + extra_weight * extra_loss(params, aux["features"], state.target_params, batch, key)
-        return value, aux
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (value, aux), grads = grad_fn(state.params)
-    if sam_rho is not None:
-        grads = sam_gradient(lambda p: grad_fn(p)[1], state.params, grads, sam_rho)
-    updates, opt_state = opt.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    step_count = state.step + 1
-    target = optax.periodic_update(params, state.target_params, step_count, target_update_period)
-    return TrainState(params, target, opt_state, state.key, step_count), value, aux["q_mean"]
-
-
-def sam_gradient(grad_fn: Callable[[PyTree], PyTree], params: PyTree, grads: PyTree, rho: float | Array) -> PyTree:
-    """Sharpness-aware gradient (Foret et al. 2021, their eq. 2 with p = 2): ``grad_fn`` evaluated at
-    ``params + rho * grads / ||grads||``, the steepest-ascent point at distance rho. Pure; the
-    norm is global over all parameters, as in the paper."""
-    scale = rho / (optax.global_norm(grads) + 1e-12)
-    return grad_fn(jax.tree_util.tree_map(lambda p, g: p + scale * g, params, grads))
-
-
-@functools.lru_cache(maxsize=32)  # one compiled program per (network, config): reruns skip the compile
-def make_chunk_fn(net: nn.Module, cfg: TrainConfig, steps: int,
-                  extra_loss: Callable | None = None, sam: bool = False) -> Callable:
-    """Compiled function ``(states, dataset, order, settings) -> (states, mean_loss, mean_q)``, running
-    ``steps`` gradient steps for every member at once (``settings``: their ``MemberSettings``).
-    Minibatch rows are drawn on device from ``order[:data_size]`` (the member's share of the data),
-    so the dataset never leaves the device. ``sam`` compiles SAM gradients (each member's radius
-    is its setting)."""
-    opt = make_optimizer(cfg.optimizer)
-
-    def member_chunk(state: TrainState, ds: Dataset, order: Array, settings: MemberSettings):
+    def member_chunk(state: TrainState, ds: Dataset, order: Array, settings: dict):
         # All of the chunk's minibatch positions in one call: one large threefry call is far cheaper
         # on a CPU than `steps` small ones inside the loop.
         key, sample_key, loss_key = jax.random.split(state.key, 3)
-        positions = jax.random.randint(sample_key, (steps, cfg.batch_size), 0, settings.data_size)
+        positions = jax.random.randint(sample_key, (steps, batch_size), 0, settings["data_size"])
         loss_keys = jax.random.split(loss_key, steps)
 
         def step(state: TrainState, xs):
             pos, step_key = xs
-            state, loss, q_mean = learner_step(net, opt, state, ds.batch(order[pos]), loss=cfg.loss, gamma=cfg.gamma,
-                                               target_update_period=settings.target_update_period,
-                                               clip_rewards=cfg.clip_rewards, extra_loss=extra_loss,
-                                               extra_weight=settings.extra_weight,
-                                               sam_rho=settings.sam_rho if sam else None, key=step_key)
-            return state, (loss, q_mean)
+            state, value, q_mean = learner_step(net.apply, opt, state, ds.batch(order[pos]), loss, settings,
+                                                step_key, gradient)
+            return state, (value, q_mean)
 
-        state, (loss, q) = jax.lax.scan(step, state, (positions, loss_keys))
-        return state._replace(key=key), jnp.mean(loss), jnp.mean(q)
+        state, (values, q) = jax.lax.scan(step, state, (positions, loss_keys))
+        return state._replace(key=key), jnp.mean(values), jnp.mean(q)
 
     return jax.jit(jax.vmap(member_chunk, in_axes=(0, None, None, 0)), donate_argnums=0)
 
 
-@functools.lru_cache(maxsize=32)
-def make_probe_fn(net: nn.Module, tau: float) -> Callable:
-    """Compiled ``(params, probe_obs) -> dict of per-member metrics`` on the fixed probe batch."""
-
-    def probe_one(params, obs):
-        q, features = net.apply(params, obs)
-        return {"srank": effective_rank(features), "dead_units": dead_units(features),
-                "dormant_frac": dormant_fraction(features, tau), "q_probe": jnp.mean(q)}
-
-    # per_member, not vmap: srank is an SVD (see per_member).
-    return jax.jit(lambda params, obs: per_member(lambda p: probe_one(p, obs))(params))
-
-
-def probe_rows(ds: Dataset, size: int, seed: int = 0) -> np.ndarray:
+def probe_rows(ds: Dataset, size: int, seed: int = PROBE_SEED) -> np.ndarray:
     """The fixed probe batch (512 states in the paper), the same for every member and checkpoint."""
     rng = np.random.default_rng(seed)
     valid = np.asarray(ds.valid)
@@ -1053,143 +1434,127 @@ class TrainResult:
     diverged: dict[int, int]  # member index -> step at which it diverged
 
 
-def _checkpoint_id(*parts) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def train_offline(
-    net: nn.Module, ds: Dataset, cfg: TrainConfig, members: Sequence[Member], *, env_id: str, agent: str,
-    order: np.ndarray | None = None, evaluate_fn: Callable[[PyTree], np.ndarray] | None = None,
-    checkpoint_dir: Path | None = None, extra_loss: Callable | None = None, progress: bool = True,
-    run_name: str = "",
+    net: nn.Module, ds: Dataset, loss: Loss, members: Sequence[Member], cfg: TrainConfig, *,
+    gradient: GradientRule = plain_gradient, order: np.ndarray | None = None,
+    evaluate: Callable[[nn.Module, PyTree], dict[str, np.ndarray]] | None = None,
+    columns: Mapping[str, Any] | None = None, checkpoints: Path | None = None, progress: bool = True,
+    timings: "Timings | None" = None,
 ) -> TrainResult:
-    """Trains every member on ``ds`` with the loss of ``cfg`` and records metrics after every chunk.
+    """Trains every member on ``ds`` with ``loss`` (its gradient by ``gradient``) and records metrics.
 
-    Rows (env, agent, config, seed, step, metric, value): loss, q_mean, srank, dead_units,
-    dormant_frac, q_probe after every chunk; return at every ``eval_every`` steps (``evaluate_fn``
-    maps stacked params to per-member mean returns). A member whose loss or parameters become
-    non-finite is reported once and its later rows carry NaN; the others go on. With a
-    ``checkpoint_dir`` the run resumes from its last checkpoint, and a finished run is not redone
-    (the checkpoint is keyed by ``run_name``, the config and the members, not by ``extra_loss``:
-    give runs with different extra losses different run names).
+    Rows carry ``columns`` (e.g. study, env, agent), the member's own columns and seed, then step,
+    metric, value: loss and q_mean after every chunk; srank, dead_units, dormant_frac and q_probe
+    on the fixed probe batch at the start and after every chunk; and at the start and every
+    ``eval_every`` steps what ``evaluate(net, params)`` returns per member (e.g. return). A member
+    whose loss or parameters become non-finite is reported once and its later rows carry NaN; the
+    others go on.
 
-    ``extra_loss(params, features, target_params, batch, key)`` is added to every step's loss with
-    each member's ``extra_weight``; any member with ``sam_rho`` > 0 compiles SAM gradients for all.
+    With ``checkpoints`` the run resumes from its last checkpoint, and a finished run is not redone.
+    The checkpoint's identity covers everything that decides the numbers (``run_identity``): the
+    traced program of a chunk (network, loss, gradient rule, optimizer, every constant in them),
+    the dataset, the order, the probe batch, the members' seeds and settings, the schedule and the
+    evaluation. Change any of them and the run starts afresh.
     """
     from tqdm.auto import tqdm
 
+    timings = timings or Timings()
     plan = chunk_plan(cfg)
     order = np.asarray(ds.valid) if order is None else np.asarray(order)
-    settings = member_settings(members, len(order), cfg)
-    order = jnp.asarray(order, jnp.int32)
-    probe = ds.stacked_obs(jnp.asarray(probe_rows(ds, cfg.probe_size)))
-    state = init_members(net, probe[:1], members, cfg.optimizer)
+    settings = member_settings(members, cfg, len(order))
+    order_device = jnp.asarray(order, jnp.int32)
+    rows_probe = probe_rows(ds, cfg.probe_size)
+    probe = ds.stacked_obs(jnp.asarray(rows_probe))
+    state = init_learners(net, probe[:1], seed_keys(m.seed for m in members), [m.learning_rate for m in members],
+                          cfg.optimizer)
     sharding = member_sharding(len(members))
     if sharding is not None:
         state, settings = jax.device_put((state, settings), sharding)
-    use_sam = any(m.sam_rho > 0 for m in members)  # members without SAM in a SAM program pay for it
-    chunk_fns = {n: make_chunk_fn(net, cfg, n, extra_loss, use_sam) for n in set(plan)}
-    probe_fn = make_probe_fn(net, cfg.dormant_tau)
+    chunk_fns = {n: make_chunk_fn(net, loss, gradient, cfg.optimizer, cfg.batch_size, n) for n in sorted(set(plan))}
+    probe_fn = make_probe_fn(net)
+    columns = dict(columns or {})
+    member_columns = [{**columns, **m.columns, "seed": m.seed} for m in members]
 
-    rows: list[dict] = []
-    diverged: dict[int, int] = {}
-    start_chunk = 0
-    ckpt = None
-    if checkpoint_dir is not None:
-        ident = _checkpoint_id(run_name, env_id, agent, dataclasses.asdict(cfg), [dataclasses.asdict(m) for m in members],
-                               len(ds), int(np.asarray(order).sum()), net.__class__.__name__, repr(net))
-        ckpt = Path(checkpoint_dir) / f"{agent}_{env_id.replace('/', '_')}_{ident}.npz"
-        if ckpt.exists():
-            state, rows, diverged, start_chunk = _load_checkpoint(ckpt, state)
-    num_chunks = len(plan)
+    recorder = Recorder(None, {}, member_columns, cfg.checkpoint_seconds)
+    if checkpoints is not None:
+        identity = run_identity(
+            programs=[str(fn.trace(state, ds, order_device, settings).jaxpr) for fn in chunk_fns.values()]
+            + [str(probe_fn.trace(state.params, probe).jaxpr)],
+            dataset=ds.ident, order=digest(order), probe=digest(rows_probe),
+            members=[[m.seed, m.learning_rate] for m in members],
+            settings=digest(*(np.asarray(v) for v in jax.tree_util.tree_leaves(settings)), sorted(settings)),
+            columns=member_columns, plan=plan, eval_every=cfg.eval_every, evaluate=describe(evaluate))
+        recorder = Recorder(Path(checkpoints) / f"{columns.get('agent', 'run')}_{identity}",
+                            {"columns": columns, "train": dataclasses.asdict(cfg)}, member_columns,
+                            cfg.checkpoint_seconds)
     ends = np.cumsum(plan)
 
-    def record(step: int, metric: str, values) -> None:
-        values = np.asarray(values, np.float64)
-        for m, member in enumerate(members):
-            v = np.nan if m in diverged and metric != "diverged" else float(values[m])
-            rows.append({"env": env_id, "agent": agent, "config": member.config, "seed": member.seed,
-                         "step": step, "metric": metric, "value": v})
+    def measure(step: int, chunk_loss=None, q_mean=None) -> dict[str, np.ndarray]:
+        if chunk_loss is not None:
+            recorder.check_finite(step, np.isfinite(np.asarray(chunk_loss)) & params_finite(state.params))
+            recorder.record(step, "loss", chunk_loss)
+            recorder.record(step, "q_mean", q_mean)
+        with timings("probe"):
+            probed = {name: np.asarray(v) for name, v in probe_fn(state.params, probe).items()}
+        for name, v in probed.items():
+            recorder.record(step, name, v)
+        if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+            with timings("evaluate"):
+                for name, v in evaluate(net, state.params).items():
+                    recorder.record(step, name, v)
+        return probed
 
-    def evaluate(step: int) -> None:
-        if evaluate_fn is not None:
-            record(step, "return", evaluate_fn(state.params))
-
-    if start_chunk == 0:
-        for name, v in probe_fn(state.params, probe).items():
-            record(0, name, v)
-        if cfg.eval_every:
-            evaluate(0)
+    resumed = recorder.resume()
+    start_chunk = 0
+    if resumed is None:
+        measure(0)
+    else:
+        state = restore_like(state, resumed[0])
+        start_chunk = resumed[1]["chunks_done"]
     last_save = time.time()
-    bar = tqdm(range(start_chunk, num_chunks), initial=start_chunk, total=num_chunks, disable=not progress,
-               desc=f"{agent} {env_id}", unit="chunk", dynamic_ncols=True)
+    bar = tqdm(range(start_chunk, len(plan)), initial=start_chunk, total=len(plan), disable=not progress,
+               desc=" ".join(str(v) for v in columns.values()), unit="chunk", dynamic_ncols=True)
     for chunk in bar:
-        state, loss, q_mean = chunk_fns[plan[chunk]](state, ds, order, settings)
-        step = int(ends[chunk])
-        metrics = probe_fn(state.params, probe)
-        finite = np.isfinite(np.asarray(loss)) & _params_finite(state.params)
-        for m in np.flatnonzero(~finite):
-            if m not in diverged:
-                diverged[int(m)] = step
-                tqdm.write(f"warning: member {m} ({members[m].config}, seed {members[m].seed}) diverged "
-                          f"(non-finite loss or parameters) by step {step}; its later metrics are NaN", file=sys.stderr)
-        record(step, "loss", loss)
-        record(step, "q_mean", q_mean)
-        for name, v in metrics.items():
-            record(step, name, v)
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            evaluate(step)
-        alive = [m for m in range(len(members)) if m not in diverged]
+        fn = chunk_fns[plan[chunk]]
+        with timings("train" if chunk > start_chunk and plan[chunk] == plan[chunk - 1] else "compile"):
+            state, chunk_loss, q_mean = fn(state, ds, order_device, settings)
+            jax.block_until_ready(chunk_loss)
+        probed = measure(int(ends[chunk]), chunk_loss, q_mean)
+        alive = recorder.alive()
         if alive:
-            bar.set_postfix(srank=f"{np.mean(np.asarray(metrics['srank'])[alive]):.1f}",
-                            loss=f"{np.nanmean(np.asarray(loss)[alive]):.3g}", refresh=False)
-        if ckpt is not None and (time.time() - last_save > cfg.checkpoint_seconds or chunk + 1 == num_chunks):
-            _save_checkpoint(ckpt, state, rows, diverged, chunk + 1)
+            bar.set_postfix(srank=f"{np.mean(probed['srank'][alive]):.1f}",
+                            loss=f"{np.nanmean(np.asarray(chunk_loss)[alive]):.3g}", refresh=False)
+        if recorder.due(last_save) or chunk + 1 == len(plan):
+            with timings("checkpoint"):
+                recorder.save(state, {"chunks_done": chunk + 1})
             last_save = time.time()
     bar.close()
-    for m, step in sorted(diverged.items()):
-        rows.append({"env": env_id, "agent": agent, "config": members[m].config, "seed": members[m].seed,
-                     "step": step, "metric": "diverged", "value": 1.0})
-    return TrainResult(state, rows, diverged)
+    return TrainResult(state, recorder.finish(), dict(recorder.diverged))
 
 
-def _params_finite(params: PyTree) -> np.ndarray:
+def params_finite(params: PyTree) -> np.ndarray:
     leaves = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in jax.tree_util.tree_leaves(params)]
     return np.asarray(jnp.all(jnp.stack(leaves), axis=0))
 
 
-def _save_checkpoint(path: Path, state: TrainState, rows, diverged, chunks_done: int) -> None:
-    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x, state))
-    meta = json.dumps({"rows": rows, "diverged": diverged, "chunks_done": chunks_done})
-    arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
-    _atomic_write(path, lambda f: np.savez(f, meta=np.asarray(meta), **arrays), ".npz")
+def run_identity(**parts) -> str:
+    """The digest that names a checkpoint: every part (traced programs as jaxpr text) and the
+    versions of the packages that compute or simulate anything."""
+    return digest(parts, package_versions())
 
 
-def _load_checkpoint(path: Path, like: TrainState):
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
-            plain = jax.tree_util.tree_map(
-                lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x, like)
-            leaves, treedef = jax.tree_util.tree_flatten(plain)
-            loaded = [jnp.asarray(f[f"leaf_{i}"], dtype=x.dtype) for i, x in enumerate(leaves)]
-    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as e:
-        print(f"warning: checkpoint {path} is unreadable ({e}); starting over", file=sys.stderr)
-        return like, [], {}, 0
-    state = jax.tree_util.tree_unflatten(treedef, loaded)
-    state = state._replace(key=jax.random.wrap_key_data(state.key))
-    print(f"resuming from {path} ({meta['chunks_done']} chunks done)", file=sys.stderr)
-    return state, meta["rows"], {int(k): v for k, v in meta["diverged"].items()}, meta["chunks_done"]
-
-
-def unstack(tree: PyTree, i: int) -> PyTree:
-    """Member ``i`` of a stacked pytree."""
-    return jax.tree_util.tree_map(lambda x: x[i], tree)
+def describe(fn: Any) -> str:
+    """A stable description of a function-like value for an identity: a dataclass's repr (every
+    setting), else the function's module and qualified name."""
+    if fn is None:
+        return "none"
+    if dataclasses.is_dataclass(fn):
+        return repr(fn)
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 # ================================================================================================
-# 7. Evaluation
+# 9. Evaluation
 # ================================================================================================
 
 
@@ -1242,6 +1607,27 @@ def _act_fn(net: nn.Module, members: int, num_episodes: int, epsilon: float, obs
     return act
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """Online evaluation of every member at once: ``episodes`` episodes per member with the greedy
+    policy (random actions with probability ``epsilon``), environments seeded by ``seed``; a
+    recurrent agent reads the last ``history`` observations; ``transform(key, obs)`` perturbs what
+    the network sees (the robustness study). ``evaluator(net, params)`` returns ``{"return": mean
+    undiscounted return per member}``."""
+
+    env_id: str
+    episodes: int
+    seed: int = EVAL_SEED
+    epsilon: float = 0.0
+    history: int = 1
+    transform: Callable[[Array, Array], Array] | None = None
+
+    def __call__(self, net: nn.Module, params: PyTree) -> dict[str, np.ndarray]:
+        returns = evaluate_policies(net, params, self.env_id, self.episodes, self.seed, epsilon=self.epsilon,
+                                    history=self.history, obs_transform=self.transform)
+        return {"return": returns.mean(axis=1)}
+
+
 # ---- observation perturbations: jitted, batched, applied through evaluate_policies' hook ---------
 
 
@@ -1271,32 +1657,313 @@ def random_shift(key: Array, obs: Array, pad: int, axes: tuple[int, int] = (1, 2
     return jax.vmap(crop)(padded, offsets)
 
 
-def random_scale(key: Array, obs: Array, strength: float, axes: tuple[int, int] = (1, 2)) -> Array:
-    """Random scaling (as in Chen et al. 2017's augmentation): zoom each image by a factor drawn
-    uniformly from [1 - strength, 1 + strength] about its centre, resampled bilinearly onto the
-    original grid (zooming in crops; zooming out fills the border with zeros, MinAtar's empty
-    cell). Shape and dtype kept (integer images are rounded back); the identity when strength is
-    0. On a 10x10 grid a factor changes pixels only once it moves the border by about half a cell."""
-    if strength == 0:
-        return obs
-    factors = jax.random.uniform(key, (obs.shape[0],), minval=1.0 - strength, maxval=1.0 + strength)
-    size = jnp.asarray([obs.shape[axes[0]], obs.shape[axes[1]]], jnp.float32)
-    dims = (axes[0] - 1, axes[1] - 1)
 
-    def zoom(image, factor):
-        scale = jnp.stack([factor, factor])
-        out = jax.image.scale_and_translate(image.astype(jnp.float32), image.shape, dims, scale,
-                                            (1.0 - scale) * size / 2, method="linear")
-        return jnp.round(out).astype(image.dtype) if jnp.issubdtype(image.dtype, jnp.integer) else out.astype(image.dtype)
+# ================================================================================================
+# 10. Results: the recorder (rows, divergence, checkpoints), metrics.csv, meta.json
+# ================================================================================================
 
-    return jax.vmap(zoom)(obs, factors)
+
+def to_host(tree: PyTree) -> PyTree:
+    """A device pytree as numpy arrays, PRNG keys as their raw key data (picklable)."""
+    return jax.device_get(jax.tree_util.tree_map(
+        lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x, tree))
+
+
+def restore_like(like: PyTree, host: PyTree) -> PyTree:
+    """``to_host``'s inverse: ``host``'s arrays in ``like``'s structure, dtypes, keys and placement."""
+    like_leaves, treedef = jax.tree_util.tree_flatten(like)
+    host_leaves = jax.tree_util.tree_leaves(host)
+    if len(host_leaves) != len(like_leaves):
+        raise ValueError("checkpoint does not match the run's state")
+
+    def restore(x, h):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(jnp.asarray(h), impl=jax.random.key_impl(x))
+        return jax.device_put(jnp.asarray(h, dtype=x.dtype), x.sharding)
+
+    return jax.tree_util.tree_unflatten(treedef, [restore(x, h) for x, h in zip(like_leaves, host_leaves)])
+
+
+class Recorder:
+    """A run's metric rows, its diverged members and its checkpoint.
+
+    ``columns[m]`` is what every row of member m carries (study, env, agent, seed, settings);
+    ``record(step, metric, values)`` adds one row per member, NaN for a member that has diverged.
+
+    The checkpoint is a directory. ``rows.jsonl`` is append-only: a save appends the rows recorded
+    since the last one. ``state.pkl`` is replaced atomically: the trainer's state, how many rows
+    are committed, the diverged members and the trainer's progress. So a save costs the same at
+    any point of a run, and a kill at any moment (even between the two writes) loses at most
+    the work since the last save: ``resume`` cuts the log back to the committed rows."""
+
+    def __init__(self, directory: Path | None, about: Mapping, columns: Sequence[Mapping], checkpoint_seconds: float):
+        self.directory, self.columns, self.checkpoint_seconds = directory, list(columns), checkpoint_seconds
+        self.rows: list[dict] = []
+        self.diverged: dict[int, int] = {}
+        self.saved_rows = 0
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(directory / "identity.json",
+                         lambda f: f.write(json.dumps(jsonable(about), indent=1, default=str).encode()))
+
+    def record(self, step: int, metric: str, values) -> None:
+        values = np.asarray(values, np.float64).reshape(-1)
+        for m, cols in enumerate(self.columns):
+            v = np.nan if m in self.diverged and metric != "diverged" else float(values[m])
+            self.rows.append({**cols, "step": int(step), "metric": metric, "value": v})
+
+    def check_finite(self, step: int, finite: np.ndarray) -> None:
+        from tqdm.auto import tqdm
+
+        for m in np.flatnonzero(~np.asarray(finite)):
+            if int(m) not in self.diverged:
+                self.diverged[int(m)] = int(step)
+                tqdm.write(f"warning: {describe_columns(self.columns[m])} diverged (non-finite loss or parameters) "
+                           f"by step {step}; its later metrics are NaN", file=sys.stderr)
+
+    def alive(self) -> list[int]:
+        return [m for m in range(len(self.columns)) if m not in self.diverged]
+
+    def finish(self) -> list[dict]:
+        """The rows, with one ``diverged`` row (value 1, at the step it diverged) per diverged member."""
+        return self.rows + [{**self.columns[m], "step": step, "metric": "diverged", "value": 1.0}
+                            for m, step in sorted(self.diverged.items())]
+
+    def due(self, last_save: float) -> bool:
+        return self.directory is not None and time.time() - last_save > self.checkpoint_seconds
+
+    def save(self, state: PyTree, progress: Mapping, host: bytes | None = None) -> None:
+        """Checkpoints the trainer's ``state`` (a device pytree), its ``progress`` (a small dict, shown
+        when a run resumes) and, for an online loop, its pickled ``host`` side."""
+        if self.directory is None:
+            return
+        new = self.rows[self.saved_rows:]
+        with open(self.directory / "rows.jsonl", "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in new))
+            f.flush()
+            os.fsync(f.fileno())
+        self.saved_rows = len(self.rows)
+        import pickle
+
+        payload = {"state": to_host(state), "rows": self.saved_rows, "diverged": self.diverged, "progress": progress,
+                   "host": host}
+        atomic_write(self.directory / "state.pkl", lambda f: pickle.dump(payload, f, protocol=5), ".pkl")
+
+    def resume(self) -> tuple[PyTree, Mapping, bytes | None] | None:
+        """(state on the host, progress, host side) of the last save, with the rows and divergences
+        it had; None when there is no readable checkpoint (an unreadable one is reported and ignored)."""
+        if self.directory is None or not (self.directory / "state.pkl").exists():
+            return None
+        import pickle
+
+        try:
+            with open(self.directory / "state.pkl", "rb") as f:
+                payload = pickle.load(f)
+            with open(self.directory / "rows.jsonl", "rb") as f:
+                lines = f.read().split(b"\n")[: payload["rows"]]
+            if len(lines) < payload["rows"]:
+                raise ValueError(f"rows.jsonl has {len(lines)} of {payload['rows']} committed rows")
+            rows = [json.loads(line) for line in lines]
+        except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
+            print(f"warning: checkpoint {self.directory} is unreadable ({e}); starting over", file=sys.stderr)
+            for name in ("state.pkl", "rows.jsonl"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / name).unlink()
+            return None
+        # Drop rows a killed save appended after its last commit.
+        with open(self.directory / "rows.jsonl", "r+b") as f:
+            f.truncate(sum(len(line) + 1 for line in lines))
+        self.rows, self.saved_rows = rows, len(rows)
+        self.diverged = {int(k): v for k, v in payload["diverged"].items()}
+        print(f"resuming from {self.directory} ({payload['progress']})", file=sys.stderr)
+        return payload["state"], payload["progress"], payload["host"]
+
+
+def describe_columns(columns: Mapping) -> str:
+    return ", ".join(f"{k} {v}" for k, v in columns.items())
+
+
+class Timings:
+    """Wall seconds per phase of a run (compile, train, probe, evaluate, collect, checkpoint, ...):
+    ``with timings("train"): ...``. Written to meta.json, so a run says where its time went."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def summary(self) -> dict[str, float]:
+        return {k: round(v, 1) for k, v in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
+
+
+FIXED_COLUMNS = ("study", "env", "agent", "seed")  # first in metrics.csv; the swept settings follow
+VALUE_COLUMNS = ("step", "metric", "value")  # last
+
+
+def write_metrics(out: Path, rows: Iterable[dict], name: str = "metrics.csv") -> Path:
+    """Writes tidy rows as CSV: study, env, agent, seed, one typed column per swept setting (empty
+    where a row has none), step, metric, value. Floats are written exactly (repr), so a setting
+    read back compares equal to the value that was swept."""
+    import csv
+    import io
+
+    rows = list(rows)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    header = [k for k in FIXED_COLUMNS if k in keys] + [k for k in keys if k not in FIXED_COLUMNS + VALUE_COLUMNS] \
+        + list(VALUE_COLUMNS)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    cell = lambda v: "" if v is None else repr(v) if isinstance(v, float) else str(v)
+    writer.writerows([cell(r.get(k)) for k in header] for r in rows)
+    path = Path(out) / name
+    data = buf.getvalue().encode()
+    if name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    atomic_write(path, lambda f: f.write(data), ".csv")
+    return path
+
+
+class Metrics:
+    """metrics.csv (or .csv.gz) in memory, with the selections plots and claims need. Settings
+    columns come back typed: integers as int, other numbers as float, text as str, blanks as None;
+    ``select(lr=3e-4)`` compares values, never labels."""
+
+    def __init__(self, path: Path):
+        import pandas as pd
+
+        path = Path(path)
+        if not path.exists():
+            raise DatasetError(f"{path} does not exist: run the script without --plot-only first")
+        frame = pd.read_csv(path, float_precision="round_trip", keep_default_na=False, na_values={"value": ["nan"]})
+        self.columns = [c for c in frame.columns if c not in VALUE_COLUMNS]
+        self.data = {c: np.asarray([_typed(v) for v in frame[c].tolist()], dtype=object) for c in self.columns}
+        self.data["seed"] = frame["seed"].to_numpy(np.int64)
+        self.step = frame["step"].to_numpy(np.int64)
+        self.metric = frame["metric"].to_numpy(object)
+        self.value = frame["value"].to_numpy(np.float64)
+        self._cache: dict[tuple, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def mask(self, **where) -> np.ndarray:
+        """Indices of the rows whose columns equal ``where`` (metric included)."""
+        key = tuple(sorted(where.items(), key=lambda kv: kv[0]))
+        if key not in self._cache:  # plots and claims ask for the same selections many times
+            keep = np.ones(len(self.value), bool)
+            for k, v in where.items():
+                column = self.metric if k == "metric" else self.step if k == "step" else self.data.get(k)
+                if column is None:
+                    keep[:] = False
+                    continue
+                keep &= np.asarray([x is None for x in column]) if v is None else (column == v)
+            self._cache[key] = np.flatnonzero(keep)
+        return self._cache[key]
+
+    def has(self, **where) -> bool:
+        return len(self.mask(**where)) > 0
+
+    def values(self, key: str, **where) -> list:
+        """Distinct values of column ``key`` among the rows matching ``where``, in first-seen order."""
+        idx = self.mask(**where)
+        column = self.metric if key == "metric" else self.step if key == "step" else self.data[key]
+        return list(dict.fromkeys(column[idx].tolist()))
+
+    def steps(self, **where) -> np.ndarray:
+        return np.unique(self.step[self.mask(**where)])
+
+    def curves(self, **where) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values[seed, step]) for rows matching ``where`` (which should fix everything but
+        seed and step); a missing point is NaN."""
+        idx = self.mask(**where)
+        steps, seeds = np.unique(self.step[idx]), np.unique(self.data["seed"][idx])
+        grid = np.full((len(seeds), len(steps)), np.nan)
+        grid[np.searchsorted(seeds, self.data["seed"][idx]), np.searchsorted(steps, self.step[idx])] = self.value[idx]
+        return steps, grid
+
+    def at_step(self, step: int, **where) -> np.ndarray:
+        """The per-seed values at ``step`` of the rows matching ``where`` (NaN where missing)."""
+        steps, grid = self.curves(**where)
+        hit = np.flatnonzero(steps == step)
+        return grid[:, hit[0]] if len(hit) else np.full(grid.shape[0], np.nan)
+
+    def last(self, **where) -> np.ndarray:
+        """The per-seed value at the last recorded step of the matching rows."""
+        return self.curves(**where)[1][:, -1]
+
+
+def _typed(v: Any) -> Any:
+    """A CSV cell as the value it was written from (see write_metrics)."""
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if np.isnan(v) else float(v)
+    if v == "":
+        return None
+    for parse in (int, float):
+        try:
+            return parse(v)
+        except ValueError:
+            pass
+    return v
+
+
+def package_versions() -> dict[str, str | None]:
+    import importlib.metadata as md
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    return {p: version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy", "bsuite", "minatar", "ale-py")}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_meta(out: Path, preset: str, config: Any, wall_seconds: float, extra: dict | None = None) -> None:
+    meta = {
+        "preset": preset, "config": jsonable(config), "argv": sys.argv, "git_commit": git_commit(),
+        "wall_seconds": round(wall_seconds, 1), "device": str(jax.devices()[0]), "num_devices": jax.device_count(),
+        "platform": platform.platform(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(), "versions": package_versions(), **(extra or {}),
+    }
+    (Path(out) / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def jsonable(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
 
 
 # ================================================================================================
-# 8. Results, presets, CLI and plotting style
+# 11. Claims
 # ================================================================================================
-
-METRIC_COLUMNS = ("env", "agent", "config", "seed", "step", "metric", "value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1308,215 +1975,11 @@ class Claim:
     held: bool | None  # None: could not be evaluated at this scale
 
 
-def write_metrics(out: Path, rows: Iterable[dict]) -> Path:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    path = Path(out) / "metrics.csv"
-    _atomic_write(path, lambda f: f.write(buf.getvalue().encode()), ".csv")
-    return path
-
-
-class Metrics:
-    """metrics.csv in memory, with the selections plots need."""
-
-    def __init__(self, path: Path):
-        import csv
-
-        if not Path(path).exists():
-            raise DatasetError(f"{path} does not exist: run the script without --plot-only first")
-        with open(path) as f:
-            self.rows = [dict(r, seed=int(r["seed"]), step=int(r["step"]), value=float(r["value"]))
-                         for r in csv.DictReader(f)]
-        self._cache: dict[tuple, list[dict]] = {}
-
-    def values(self, key: str, **where) -> list:
-        """Distinct values of column ``key`` among the rows matching ``where``, in first-seen order."""
-        return list(dict.fromkeys(r[key] for r in self.select(**where)))
-
-    def select(self, **where) -> list[dict]:
-        key = tuple(sorted(where.items()))
-        if key not in self._cache:  # plots ask for the same selections many times
-            self._cache[key] = [r for r in self.rows if all(r[k] == v for k, v in where.items())]
-        return self._cache[key]
-
-    def curves(self, **where) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values[seed, step]) for rows matching ``where`` (which should fix env, agent,
-        config and metric); a missing point is NaN."""
-        rows = self.select(**where)
-        steps = np.asarray(sorted({r["step"] for r in rows}))
-        seeds = sorted({r["seed"] for r in rows})
-        grid = np.full((len(seeds), len(steps)), np.nan)
-        si, ti = {s: i for i, s in enumerate(seeds)}, {t: i for i, t in enumerate(steps)}
-        for r in rows:
-            grid[si[r["seed"]], ti[r["step"]]] = r["value"]
-        return steps, grid
-
-    def at_step(self, step: int, **where) -> np.ndarray:
-        """The per-seed values at ``step`` of the rows matching ``where`` (NaN where missing)."""
-        steps, grid = self.curves(**where)
-        hit = np.flatnonzero(steps == step)
-        return grid[:, hit[0]] if len(hit) else np.full(grid.shape[0], np.nan)
-
-    def final(self, **where) -> np.ndarray:
-        """The per-seed value at the last step of the matching rows."""
-        _, grid = self.curves(**where)
-        return grid[:, -1]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def write_meta(out: Path, args: Any, config: Any, wall_seconds: float, extra: dict | None = None) -> None:
-    import importlib.metadata as md
-
-    def version(pkg):
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
-    meta = {
-        "argv": sys.argv, "args": _jsonable(args), "config": _jsonable(config), "git_commit": git_commit(),
-        "wall_seconds": round(wall_seconds, 1), "device": str(jax.devices()[0]), "num_devices": jax.device_count(),
-        "platform": platform.platform(), "python": platform.python_version(),
-        "versions": {p: version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy", "bsuite", "minatar", "ale-py")},
-        **(extra or {}),
-    }
-    (Path(out) / "meta.json").write_text(json.dumps(meta, indent=2))
-
-
 def write_claims(out: Path, claims: Sequence[Claim]) -> None:
-    (Path(out) / "claims.json").write_text(json.dumps([_jsonable(c) for c in claims], indent=2))
+    (Path(out) / "claims.json").write_text(json.dumps([jsonable(c) for c in claims], indent=2))
     for c in claims:
         status = {True: "HELD", False: "NOT HELD", None: "N/A"}[c.held]
         print(f"[{status:8s}] {c.id}: {c.claim}  ({c.statistic} = {c.value})")
-
-
-def _jsonable(x: Any) -> Any:
-    if dataclasses.is_dataclass(x):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(x).items()}
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.generic, np.ndarray)):
-        return x.tolist()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
-def resolve_preset(args: Any, presets: dict[str, Any]) -> Any:
-    """The preset named by ``args.preset`` with every field the user set on the command line (any
-    ``args`` field that is not None and exists in the config) replacing the preset's value."""
-    base = presets[args.preset]
-    names = {f.name for f in dataclasses.fields(base)}
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(args)
-                 if f.name in names and getattr(args, f.name) is not None}
-    return dataclasses.replace(base, **overrides)
-
-
-def cli(args_type: type, main: Callable[[Any], None], description: str | None = None) -> None:
-    """Parses ``args_type`` with tyro and runs ``main``; a bad environment id, a bad dataset or a bad
-    argument becomes a one-line error and exit code 2, an interrupt exits 130 (checkpoints kept)."""
-    import tyro
-
-    args = tyro.cli(args_type, description=description)
-    try:
-        main(args)
-    except (ValueError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished chunks are checkpointed; run the same command again to resume",
-              file=sys.stderr)
-        raise SystemExit(130) from None
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyArgs:
-    """Options every experiment script takes; each script's ``Args`` adds its own knobs."""
-
-    preset: Literal["smoke", "cpu", "paper"] = "cpu"
-    """smoke: seconds, for the tests; cpu: 6 to 20 min on 2 CPU cores with datasets made locally;
-    paper: the paper's protocol and hyperparameters (meant for a GPU; Atari data from --data-dir)."""
-    env: tuple[str, ...] | None = None
-    """Environment ids (bsuite/<game>, minatar/<game>, atari/<Game>); default: the preset's."""
-    seeds: int | None = None
-    """Seeds per configuration; default: the preset's."""
-    out: Path | None = None
-    """Output directory for metrics.csv, meta.json, claims.json, figures, checkpoints; default: results/<script>/."""
-    plot_only: bool = False
-    """Redraw the figures and claims from an existing metrics.csv without training."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class OfflineStudyConfig:
-    """Settings every offline study shares (a script's Config extends it): what to train on, for
-    how long, how often to evaluate, and the dataset to make or load."""
-
-    env: tuple[str, ...]
-    seeds: int
-    num_steps: int  # gradient steps per run
-    chunk_steps: int  # gradient steps per compiled call (metrics are taken between chunks)
-    early_chunk_steps: int = 0  # finer chunks over the first chunk (resolves the early collapse)
-    eval_every: int
-    eval_episodes: int
-    batch_size: int
-    target_update_period: int
-    dataset_noise: float  # bsuite/MinAtar collection: probability of a random action
-    dataset_size: int  # bsuite/MinAtar collection: transitions
-    data_dir: str | None = None  # Atari: the DQN Replay root
-    replay_checkpoints: tuple[int, ...] = (0,)  # Atari: which DQN Replay checkpoints to load
-
-    def train_config(self, loss: str = "double_dqn") -> TrainConfig:
-        return TrainConfig(loss=loss, num_steps=self.num_steps, chunk_steps=self.chunk_steps,
-                           early_chunk_steps=self.early_chunk_steps, batch_size=self.batch_size,
-                           target_update_period=self.target_update_period, eval_every=self.eval_every,
-                           clip_rewards=all(e.startswith("atari/") for e in self.env))
-
-    def dataset(self, env_id: str) -> Dataset:
-        return offline_dataset(env_id, noise=self.dataset_noise, num_transitions=self.dataset_size, seed=0,
-                               data_dir=self.data_dir, checkpoints=self.replay_checkpoints)
-
-    def evaluator(self, net: nn.Module, env_id: str) -> Callable[[PyTree], np.ndarray]:
-        """Stacked params -> each member's mean return over ``eval_episodes`` greedy episodes."""
-        return lambda params: evaluate_policies(net, params, env_id, self.eval_episodes, seed=10_000).mean(axis=1)
-
-
-def run_study(args: Any, presets: dict[str, Any], *, run: Callable, claims: Callable, plot: Callable) -> None:
-    """The flow every script's main() shares: resolve the preset, train and write metrics.csv
-    (``run(config, out)``, which may return extra meta.json fields) unless ``--plot-only``, then
-    compute ``claims(metrics, config)`` and draw ``plot(metrics, config, out)`` from metrics.csv."""
-    config = resolve_preset(args, presets)
-    script = Path(sys.modules[type(args).__module__].__file__).stem
-    out = Path(args.out) if args.out is not None else Path("results") / script
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    if not args.plot_only:
-        extra = run(config, out)
-        write_meta(out, args, config, time.time() - start, extra)
-    metrics = Metrics(out / "metrics.csv")
-    write_claims(out, claims(metrics, config))
-    plot(metrics, config, out)
-    print(f"wrote {out}/ in {time.time() - start:.0f} s")
-
-
-def check_env_ids(env_ids: Iterable[str]) -> None:
-    for env_id in env_ids:
-        validate_env_id(env_id)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -1535,18 +1998,6 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.sum(x * y) / denom) if len(x) > 1 and denom > 0 else float("nan")
 
 
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b between two orderings (ties in either count as neither concordant nor
-    discordant); NaN pairs are dropped, NaN if either side is constant."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    i, j = np.triu_indices(len(x), k=1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    denom = np.sqrt(np.sum(dx != 0) * np.sum(dy != 0))
-    return float(np.sum(dx * dy) / denom) if denom > 0 else float("nan")
-
-
 def _average_ranks(x: np.ndarray) -> np.ndarray:
     order = np.argsort(x, kind="stable")
     ranks = np.empty(len(x))
@@ -1557,7 +2008,149 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-# ---- plotting style: seed mean with a standard-error band ---------------------------------------
+# ================================================================================================
+# 12. CLI: one frozen config per script, its presets, validation before any work, --plot-only
+# ================================================================================================
+
+
+def require(condition: bool, message: str) -> None:
+    """A config check: a ValueError (a one-line error, exit code 2) unless ``condition``."""
+    if not condition:
+        raise ValueError(message)
+
+
+def require_positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        for v in value if isinstance(value, tuple) else (value,):
+            require(v > 0, f"--{name.replace('_', '-')} must be > 0 (got {v})")
+
+
+def require_fraction(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        for v in value if isinstance(value, tuple) else (value,):
+            require(0 < v <= 1, f"--{name.replace('_', '-')} must be in (0, 1] (got {v})")
+
+
+def require_multiple(cfg: Any, name: str, of: str) -> None:
+    a, b = getattr(cfg, name), getattr(cfg, of)
+    require(b > 0 and a % b == 0, f"--{name.replace('_', '-')} ({a}) must be a multiple of --{of.replace('_', '-')} ({b})")
+
+
+def check_dataset(env_ids: Sequence[str], noise: float, size: int) -> None:
+    """A locally collected dataset (bsuite, MinAtar) needs a size and a noise probability."""
+    if any(not e.startswith("atari/") for e in env_ids):
+        require(size > 0, f"--dataset-size must be > 0 for bsuite and MinAtar datasets (got {size})")
+        require(0 <= noise <= 1, f"--dataset-noise must be in [0, 1] (got {noise})")
+
+
+def config_from_json(config_type: type, data: Mapping) -> Any:
+    """A frozen config from its meta.json form (lists become tuples again)."""
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    unknown = set(data) - fields
+    if unknown:
+        raise ValueError(f"meta.json has settings this script does not know: {sorted(unknown)}")
+    tuplify = lambda v: tuple(tuplify(x) for x in v) if isinstance(v, list) else v
+    return config_type(**{k: tuplify(v) for k, v in data.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What an experiment script hands ``main``: its config type and presets, and its steps:
+    ``run(config, out, timings) -> extra meta`` (train, write metrics.csv); then, from metrics.csv
+    alone, ``analyse(metrics, config, out)`` (tables, if any), ``claims(metrics, config)`` and
+    ``plot(metrics, config, out)``."""
+
+    name: str
+    description: str
+    presets: Mapping[str, Any]
+    run: Callable[[Any, Path, Timings], dict | None]
+    claims: Callable[[Metrics, Any], Sequence[Claim]]
+    plot: Callable[[Metrics, Any, Path], None]
+    analyse: Callable[[Metrics, Any, Path], None] | None = None
+
+
+def main(study: Study, argv: Sequence[str] | None = None) -> None:
+    """Parses ``--preset NAME`` and then every config field (``--help`` shows the chosen preset's
+    values), checks the config before any dataset, compile or training, then runs, writes
+    meta.json, computes the claims and draws the figures. ``--plot-only`` redraws from a run's own
+    metrics.csv with the config saved in its meta.json. A bad option, environment id or dataset is
+    a one-line error with exit code 2; an interrupt exits 130 (checkpoints kept)."""
+    import argparse
+
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=list(study.presets), default=None)
+    known, rest = pre.parse_known_args(argv)
+    preset = known.preset or ("cpu" if "cpu" in study.presets else next(iter(study.presets)))
+    config_type = type(study.presets[preset])
+    invocation = dataclasses.make_dataclass("Options", [
+        ("preset", Literal[tuple(study.presets)], dataclasses.field(default=preset)),  # type: ignore[valid-type]
+        ("config", Annotated[config_type, tyro.conf.arg(name="")], dataclasses.field(default=study.presets[preset])),
+        ("out", Path, dataclasses.field(default=Path("results") / study.name)),
+        ("plot_only", bool, dataclasses.field(default=False)),
+    ], frozen=True)
+    try:
+        options = tyro.cli(invocation, args=["--preset", preset, *rest], description=(
+            f"{study.description}\n\n--preset: {', '.join(study.presets)} (every default below is the chosen "
+            "preset's value). --out: where metrics.csv, meta.json, claims.json, the figures and the checkpoints "
+            "go. --plot-only: redraw the figures and claims of a finished run from its metrics.csv, with the "
+            "config saved in its meta.json."))
+        out = Path(options.out)
+        if options.plot_only:
+            config, preset = _config_of_run(out, config_type, known.preset, options.config, study.presets[preset])
+        else:
+            config = options.config
+            config.check()
+        _run_study(study, preset, config, out, options.plot_only)
+    except (ValueError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished chunks are checkpointed; run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _config_of_run(out: Path, config_type: type, asked_preset: str | None, parsed: Any, preset_config: Any):
+    """The config a finished run was made with (its meta.json), for --plot-only. Asking for another
+    preset, or changing a setting, is an error: a redraw shows the run as it was made."""
+    meta_path = out / "meta.json"
+    if not meta_path.exists():
+        raise DatasetError(f"{meta_path} does not exist: run the script without --plot-only first")
+    meta = json.loads(meta_path.read_text())
+    if asked_preset is not None and asked_preset != meta["preset"]:
+        raise ValueError(f"--plot-only: {out} was made with --preset {meta['preset']}, not {asked_preset}; "
+                         f"drop --preset or pass --preset {meta['preset']}")
+    changed = [f.name for f in dataclasses.fields(config_type)
+               if getattr(parsed, f.name) != getattr(preset_config, f.name)]
+    if changed:
+        raise ValueError(f"--plot-only redraws the run in {out} as it was made: drop "
+                         + ", ".join(f"--{n.replace('_', '-')}" for n in changed))
+    return config_from_json(config_type, meta["config"]), meta["preset"]
+
+
+def _run_study(study: Study, preset: str, config: Any, out: Path, plot_only: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    if not plot_only:
+        timings = Timings()
+        extra = study.run(config, out, timings) or {}
+        write_meta(out, preset, config, time.time() - start, {"seconds": timings.summary(), **extra})
+    metrics = Metrics(out / "metrics.csv")
+    if study.analyse is not None:
+        study.analyse(metrics, config, out)
+    write_claims(out, study.claims(metrics, config))
+    study.plot(metrics, config, out)
+    print(f"wrote {out}/ in {time.time() - start:.0f} s")
+
+
+# ================================================================================================
+# 13. Plotting style: seed mean with a standard-error band
+# ================================================================================================
 
 
 def plot_setup():
@@ -1613,3 +2206,7 @@ def save_figure(fig, out: Path, name: str) -> list[Path]:
 def seeds_note(metrics: Metrics, **where) -> str:
     n = len(metrics.values("seed", **where))
     return f"mean of {n} seed{'s' if n != 1 else ''}, band = standard error"
+
+
+def short_env(env_id: str) -> str:
+    return env_id.split("/")[-1]

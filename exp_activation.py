@@ -11,16 +11,7 @@ the last hidden layer's features, ReLU against ELU, at the start and the end of 
     make exp_activation                        # cpu preset: bsuite catch, cartpole, mountain_car, memory_len
     python exp_activation.py --preset paper    # 1M gradient steps, 5 seeds
     python exp_activation.py --plot-only       # redraw the figures from results/exp_activation/
-
-Protocol. Offline double DQN (Huber loss, Adam 3e-4, batch 32, discount 0.99, target update every 100
-steps) on a fixed locally collected dataset per environment (an online DQN's transitions with 10% of
-its actions replaced by random ones, the RL Unplugged bsuite recipe). Every network is a separate
-compiled program, so there is one trainer call per (environment, network) with the seeds (and, for
-the bottleneck study, the learning rates) as vmapped members; members that share a seed start from
-the same weights, and every network sees the same data and the same seeds. Every chunk: srank
-(delta = 0.01), dead units and dormant fraction of the last hidden layer on a fixed 512-state probe
-batch; ``num_evals`` times per run: online returns (greedy, ``eval_episodes`` episodes). The rows of
-metrics.csv carry the sub-study in ``agent``: activation | recurrent | depth | bottleneck | hessian.
+    python exp_activation.py --help            # every setting, with the chosen preset's value
 
 Stand-ins and sizes.
   * Fig. 10: the paper's LSTM study ran on DeepMind Lab (SeekAvoid), which cannot be installed here.
@@ -48,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -62,39 +53,95 @@ import common as C
 # Configuration
 # ------------------------------------------------------------------------------------------------
 
-Study = Literal["activation", "recurrent", "depth", "bottleneck", "hessian"]
-STUDIES: tuple[Study, ...] = ("activation", "recurrent", "depth", "bottleneck", "hessian")
+SubStudy = Literal["activation", "recurrent", "depth", "bottleneck", "hessian"]
+SUB_STUDIES: tuple[SubStudy, ...] = ("activation", "recurrent", "depth", "bottleneck", "hessian")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    env: tuple[str, ...]  # Fig. 9, 23 and 37 (Fig. 37 uses the first)
+    """Offline double DQN with ReLU, ELU and tanh networks, LSTM cell activations, depths, bottleneck
+    widths: rank, dead units, sparsity and the Hessian spectrum."""
+
+    env: tuple[str, ...]
+    """Environments of Fig. 9, 23 and 37 (Fig. 37 uses the first)."""
     seeds: int
-    num_steps: int  # Fig. 9/37: ReLU, ELU, tanh
-    depth_steps: int  # Fig. 23
-    bottleneck_steps: int  # Fig. 35/36
-    recurrent_steps: int  # Fig. 10
-    hessian_steps: int  # Fig. 24/25
+    """Training seeds per network."""
+    num_steps: int
+    """Gradient steps of the activation study (Fig. 9/37)."""
+    depth_steps: int
+    """Gradient steps of the depth study (Fig. 23)."""
+    bottleneck_steps: int
+    """Gradient steps of the bottleneck-width study (Fig. 35/36)."""
+    recurrent_steps: int
+    """Gradient steps of the LSTM study on the memory task (Fig. 10)."""
+    hessian_steps: int
+    """Gradient steps before the Hessian of the one-hidden-layer networks is taken (Fig. 24/25)."""
     chunk_steps: int
+    """Gradient steps per compiled call; the probe metrics are taken after each."""
     early_chunk_steps: int
-    num_evals: int  # online evaluations per run (every run's length must be a multiple of chunk_steps * num_evals)
+    """Finer chunks over the first chunk (0: none)."""
+    num_evals: int
+    """Online evaluations per run (every run's length must be a multiple of chunk_steps x num_evals)."""
     eval_episodes: int
+    """Greedy evaluation episodes per member and evaluation."""
     dataset_size: int
-    activations: tuple[str, ...] = ("relu", "elu", "tanh")
+    """Transitions in each locally collected dataset."""
+    activations: tuple[C.Activation, ...] = ("relu", "elu", "tanh")
+    """Activations of the 2x64 MLPs (Fig. 9)."""
     depths: tuple[int, ...] = (2, 4, 8)
+    """Hidden layers of the depth study's ReLU MLPs (He init; Fig. 23)."""
     bottleneck_units: tuple[int, ...] = (2, 8, 32, 64)
+    """Widths b of the last hidden layer of the (64, b) ReLU MLPs (Fig. 35/36)."""
     bottleneck_lrs: tuple[float, ...] = (3e-4, 3e-3)
+    """Learning rates of the bottleneck study."""
     bottleneck_env: tuple[str, ...] = ("bsuite/catch",)
+    """Environments of the bottleneck study."""
     recurrent_env: str = "bsuite/memory_len"
+    """The memory task standing in for DeepMind Lab (Fig. 10)."""
     hessian_env: str = "bsuite/catch"
+    """Environment of the Hessian study."""
     hessian_hidden: int = 16
+    """Hidden units of the Hessian study's one-hidden-layer networks."""
     hessian_max_transitions: int = 4_096
+    """Most distinct transitions the exact Hessian is averaged over (else a fixed subsample)."""
     learning_rate: float = 3e-4
+    """Adam learning rate (the paper's bsuite rate)."""
     batch_size: int = 32
+    """Minibatch size."""
     target_update_period: int = 100
+    """Gradient steps between target-network updates."""
+    gamma: float = 0.99
+    """Discount."""
+    optimizer: C.Optimizer = "adam"
+    """Optimizer."""
+    probe_size: int = 512
+    """States in the fixed probe batch."""
     dataset_noise: float = 0.1
+    """Probability of a random action in the behaviour policy."""
     gram_states: int = 64
-    studies: tuple[Study, ...] = STUDIES
+    """Probe states shown in the Gram matrices of Fig. 37."""
+    studies: tuple[SubStudy, ...] = SUB_STUDIES
+    """Sub-studies to run (figures of the others are skipped)."""
+
+    checkpoint_seconds: float = 60.0
+    """Wall seconds between checkpoints: a killed run resumes from the last one."""
+
+    def check(self) -> None:
+        C.require(self.checkpoint_seconds >= 0, "--checkpoint-seconds must be >= 0")
+        C.check_env_ids((*self.env, *self.bottleneck_env, self.recurrent_env, self.hessian_env))
+        C.require_positive(self, "seeds", "num_steps", "depth_steps", "bottleneck_steps", "recurrent_steps",
+                           "hessian_steps", "chunk_steps", "num_evals", "eval_episodes", "depths", "bottleneck_units",
+                           "bottleneck_lrs", "hessian_hidden", "hessian_max_transitions", "learning_rate",
+                           "batch_size", "target_update_period", "probe_size", "gram_states")
+        C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
+        C.require(self.recurrent_env == "bsuite/memory_len", "--recurrent-env must be bsuite/memory_len")
+        for name in ("num_steps", "depth_steps", "bottleneck_steps", "recurrent_steps", "hessian_steps"):
+            steps = getattr(self, name)
+            C.require(steps % (self.chunk_steps * self.num_evals) == 0,
+                      f"--{name.replace('_', '-')} ({steps}) must be a multiple of chunk_steps x num_evals "
+                      f"({self.chunk_steps * self.num_evals})")
+        if self.early_chunk_steps:
+            C.require_multiple(self, "chunk_steps", "early_chunk_steps")
 
 
 BSUITE = ("bsuite/catch", "bsuite/cartpole", "bsuite/mountain_car")
@@ -116,35 +163,169 @@ PRESETS = {
 }
 
 
+# ------------------------------------------------------------------------------------------------
+# run(): the method
+# ------------------------------------------------------------------------------------------------
+
+
+def run(cfg: Config, out: Path, timings: C.Timings) -> dict:
+    """Offline double DQN (Huber TD loss, Adam, a target network) on a fixed locally collected
+    dataset per environment. Every network is its own compiled program: one trainer call per
+    (environment, network), with the seeds (and, for the bottleneck study, the learning rates) as
+    vmapped members. Members that share a seed start from the same weights, and every network
+    sees the same data and seeds. Every chunk the probe metrics of the last hidden layer on 512
+    dataset states; ``num_evals`` times per run the greedy return."""
+    rows, extra = [], {}
+    method = Method(cfg, out, timings)
+    if "activation" in cfg.studies:
+        rows += run_activation(cfg, method)
+    if "recurrent" in cfg.studies:
+        rows += run_recurrent(cfg, method)
+    if "depth" in cfg.studies:
+        rows += run_depth(cfg, method)
+    if "bottleneck" in cfg.studies:
+        rows += run_bottleneck(cfg, method)
+    if "hessian" in cfg.studies:
+        hessian_rows, extra["hessian"] = run_hessian(cfg, method)
+        rows += hessian_rows
+    C.write_metrics(out, rows)
+    return extra
+
+
 @dataclasses.dataclass(frozen=True)
-class Args(C.StudyArgs):
-    """Offline double DQN with ReLU, ELU and tanh networks, LSTM cell activations, depths, bottleneck
-    widths: rank, dead units, sparsity and the Hessian spectrum."""
+class Method:
+    """What every trainer call of this script shares: the method (loss, optimizer, probe,
+    evaluation), stated once here."""
 
-    num_steps: int | None = None
-    """Gradient steps of the activation study (Fig. 9/37)."""
-    depth_steps: int | None = None
-    """Gradient steps of the depth study (Fig. 23)."""
-    bottleneck_steps: int | None = None
-    """Gradient steps of the bottleneck-width study (Fig. 35/36)."""
-    recurrent_steps: int | None = None
-    """Gradient steps of the LSTM study on bsuite/memory_len (Fig. 10)."""
-    hessian_steps: int | None = None
-    """Gradient steps before the Hessian of the one-hidden-layer networks is taken (Fig. 24/25)."""
-    studies: tuple[Study, ...] | None = None
-    """Sub-studies to run (default: all); figures of the others are skipped."""
+    cfg: Config
+    out: Path
+    timings: C.Timings
+
+    def dataset(self, env_id: str, history: int = 1) -> tuple[C.Dataset, jax.Array]:
+        """The environment's offline dataset and the trainer's fixed probe batch."""
+        with self.timings("collect"):
+            ds = C.offline_dataset(env_id, noise=self.cfg.dataset_noise, num_transitions=self.cfg.dataset_size,
+                                   history=history)
+        return ds, ds.stacked_obs(jnp.asarray(C.probe_rows(ds, self.cfg.probe_size)))
+
+    def train(self, net: nn.Module, ds: C.Dataset, env_id: str, columns: dict, members: list[C.Member], steps: int,
+              history: int = 1, early_chunks: bool = True) -> C.TrainResult:
+        """One trainer call: double DQN, ``num_evals`` greedy evaluations. ``early_chunks`` splits the
+        first chunk (phase 1 resolved in srank curves; one more compiled program, so the depth study,
+        which plots only end-of-training ranks, goes without)."""
+        cfg = self.cfg
+        train = C.TrainConfig(num_steps=steps, chunk_steps=cfg.chunk_steps,
+                              early_chunk_steps=cfg.early_chunk_steps if early_chunks else 0,
+                              batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+                              target_update_period=cfg.target_update_period, probe_size=cfg.probe_size,
+                              eval_every=steps // cfg.num_evals, checkpoint_seconds=cfg.checkpoint_seconds)
+        return C.train_offline(net, ds, C.DoubleDQN(gamma=cfg.gamma), members, train,
+                               evaluate=C.Evaluator(env_id, cfg.eval_episodes, history=history),
+                               columns={"env": env_id, "agent": "dqn", **columns},
+                               checkpoints=self.out / "checkpoints", timings=self.timings)
+
+    def seeds(self, learning_rate: float | None = None, **columns) -> list[C.Member]:
+        return [C.Member(seed=s, learning_rate=learning_rate or self.cfg.learning_rate, columns=columns)
+                for s in range(self.cfg.seeds)]
 
 
-def act_label(act: str) -> str:
-    return f"act={act}"
+def run_activation(cfg: Config, method: Method) -> list[dict]:
+    """Fig. 9 and 37: 2x64 MLPs with each activation; sparsity at the start and end; Gram features."""
+    rows, gram = [], {}
+    for env_id in cfg.env:
+        ds, probe = method.dataset(env_id)
+        for act in cfg.activations:
+            net = C.MLP(ds.num_actions, (64, 64), act)
+            members = method.seeds(activation=act)
+            columns = {"study": "activation"}
+            result = method.train(net, ds, env_id, columns, members, cfg.num_steps)
+            rows += result.rows
+            start = C.initial_params(net, probe[:1], [m.seed for m in members])  # the trainer's initial weights
+            for step, when, params in ((0, "start", start), (cfg.num_steps, "end", result.state.params)):
+                features = penultimate_features(net, params, probe)
+                rows += member_rows({"study": "activation", "env": env_id, "agent": "dqn"}, members, step,
+                                    "zero_frac", np.mean(features == 0, axis=(1, 2)))
+                if env_id == cfg.env[0] and act in ("relu", "elu"):
+                    gram[f"{act}_{when}"] = features[:, :cfg.gram_states]
+    np.savez(method.out / "gram.npz", env=np.asarray(cfg.env[0]), **gram)
+    return rows
 
 
-def bottleneck_label(units: int, lr: float) -> str:
-    return f"bottleneck={units},lr={lr:g}"
+def run_recurrent(cfg: Config, method: Method) -> list[dict]:
+    """Fig. 10 (stand-in on bsuite/memory_len): LSTM with tanh / ReLU cell activation, ReLU MLP."""
+    history = C.MEMORY_LENGTH + 1
+    ds, _ = method.dataset(cfg.recurrent_env, history)
+    nets = {("lstm", "tanh"): C.RecurrentQNetwork(ds.num_actions, 64, "tanh"),
+            ("lstm", "relu"): C.RecurrentQNetwork(ds.num_actions, 64, "relu"),
+            ("mlp", "relu"): LastObservationMLP(ds.num_actions)}
+    rows = []
+    for (network, act), net in nets.items():
+        rows += method.train(net, ds, cfg.recurrent_env, {"study": "recurrent"},
+                            method.seeds(network=network, activation=act), cfg.recurrent_steps, history).rows
+    return rows
+
+
+def run_depth(cfg: Config, method: Method) -> list[dict]:
+    """Fig. 23: ReLU MLPs (He init) of several depths; srank of every layer at the start and end."""
+    rows = []
+    for env_id in cfg.env:
+        ds, probe = method.dataset(env_id)
+        for depth in cfg.depths:
+            net = C.MLP(ds.num_actions, (64,) * depth, "relu", init_scheme="he")
+            members = method.seeds(depth=depth)
+            result = method.train(net, ds, env_id, {"study": "depth"}, members, cfg.depth_steps, early_chunks=False)
+            rows += result.rows
+            start = C.initial_params(net, probe[:1], [m.seed for m in members])
+            for step, params in ((0, start), (cfg.depth_steps, result.state.params)):
+                ranks = layer_sranks(net, params, probe)
+                for layer in range(depth):
+                    rows += member_rows({"study": "depth", "env": env_id, "agent": "dqn"}, members, step,
+                                        f"srank_layer{layer + 1}", ranks[:, layer])
+    return rows
+
+
+def run_bottleneck(cfg: Config, method: Method) -> list[dict]:
+    """Fig. 35/36: a (64, b) ReLU MLP for each bottleneck width b, seeds x learning rates as members."""
+    rows = []
+    for env_id in cfg.bottleneck_env:
+        ds, _ = method.dataset(env_id)
+        for units in cfg.bottleneck_units:
+            members = [m for lr in cfg.bottleneck_lrs for m in method.seeds(lr, width=units, lr=lr)]
+            rows += method.train(C.MLP(ds.num_actions, (64, units), "relu"), ds, env_id, {"study": "bottleneck"},
+                                members, cfg.bottleneck_steps).rows
+    return rows
+
+
+def run_hessian(cfg: Config, method: Method) -> tuple[list[dict], dict]:
+    """Fig. 24/25: one-hidden-layer ReLU and ELU networks; the exact TD-loss Hessian after training."""
+    ds, _ = method.dataset(cfg.hessian_env)
+    batch, weights, exact = distinct_transitions(ds, cfg.hessian_max_transitions)
+    rows, spectra, info = [], {}, {}
+    for act in ("relu", "elu"):
+        net = C.MLP(ds.num_actions, (cfg.hessian_hidden,), act)
+        members = method.seeds(activation=act)
+        result = method.train(net, ds, cfg.hessian_env, {"study": "hessian"}, members, cfg.hessian_steps)
+        rows += result.rows
+        shares, tops = [], []
+        for m, member in enumerate(members):
+            one = lambda tree: jax.tree_util.tree_map(lambda x: x[m], tree)
+            eig = td_hessian_eigenvalues(net, one(result.state.params), one(result.state.target_params), batch,
+                                         weights, cfg.gamma)
+            spectra[f"{act}_seed{member.seed}"] = eig
+            shares.append(near_zero_share(eig))
+            tops.append(np.max(np.abs(eig)))
+        columns = {"study": "hessian", "env": cfg.hessian_env, "agent": "dqn"}
+        rows += member_rows(columns, members, cfg.hessian_steps, "hessian_near_zero", shares)
+        rows += member_rows(columns, members, cfg.hessian_steps, "hessian_max_abs_eig", tops)
+        info["num_params"] = int(ravel_pytree(jax.tree_util.tree_map(lambda x: x[0], result.state.params))[0].size)
+    info |= {"hidden": cfg.hessian_hidden, "transitions": len(ds), "distinct_transitions_used": len(weights),
+             "exact_over_dataset": bool(exact), "near_zero": f"|lambda| <= {NEAR_ZERO:g} * max|lambda|"}
+    np.savez(method.out / "hessian.npz", **spectra)
+    return rows, info
 
 
 # ------------------------------------------------------------------------------------------------
-# The experiment's own pieces: a last-observation MLP, per-layer ranks, sparsity, the exact Hessian
+# The study's own pieces: a last-observation MLP, per-layer ranks, sparsity, the exact Hessian
 # ------------------------------------------------------------------------------------------------
 
 
@@ -158,6 +339,12 @@ class LastObservationMLP(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         return C.MLP(self.num_actions, self.hidden, "relu")(obs[:, -1])
+
+
+def member_rows(columns: dict, members: list[C.Member], step: int, metric: str, values) -> list[dict]:
+    """Rows of a metric computed here (not by the trainer), one per member."""
+    return [{**columns, **m.columns, "seed": m.seed, "step": step, "metric": metric, "value": float(v)}
+            for m, v in zip(members, np.asarray(values, np.float64))]
 
 
 def penultimate_features(net: nn.Module, params: C.PyTree, obs: jax.Array) -> np.ndarray:
@@ -235,159 +422,6 @@ def near_zero_share(eigenvalues: np.ndarray) -> float:
     return float(np.mean(np.abs(eigenvalues) <= NEAR_ZERO * scale)) if scale > 0 else 1.0
 
 
-def member_rows(env: str, agent: str, members: Sequence[C.Member], step: int, metric: str, values) -> list[dict]:
-    return [{"env": env, "agent": agent, "config": m.config, "seed": m.seed, "step": step, "metric": metric,
-             "value": float(v)} for m, v in zip(members, np.asarray(values, np.float64))]
-
-
-# ------------------------------------------------------------------------------------------------
-# run(): the five sub-studies, each a list of trainer calls; metrics.csv, gram.npz, hessian.npz
-# ------------------------------------------------------------------------------------------------
-
-
-def train(cfg: Config, out: Path, net: nn.Module, ds: C.Dataset, env_id: str, agent: str,
-          members: list[C.Member], steps: int, history: int = 1, early_chunks: bool = True) -> C.TrainResult:
-    """One trainer call: double DQN, ``cfg.num_evals`` online evaluations. ``early_chunks`` splits the
-    first chunk (phase 1 resolved in srank curves; one more compiled program, so the depth study,
-    which plots only end-of-training ranks, goes without)."""
-    if steps % (cfg.chunk_steps * cfg.num_evals):
-        raise ValueError(f"{agent} run length {steps} must be a multiple of chunk_steps * num_evals "
-                         f"= {cfg.chunk_steps * cfg.num_evals}")
-    train_cfg = C.TrainConfig(loss="double_dqn", num_steps=steps, chunk_steps=cfg.chunk_steps,
-                              early_chunk_steps=cfg.early_chunk_steps if early_chunks else 0,
-                              batch_size=cfg.batch_size,
-                              target_update_period=cfg.target_update_period, eval_every=steps // cfg.num_evals)
-
-    def evaluate(params):
-        return C.evaluate_policies(net, params, env_id, cfg.eval_episodes, seed=10_000, history=history).mean(axis=1)
-
-    return C.train_offline(net, ds, train_cfg, members, env_id=env_id, agent=agent, evaluate_fn=evaluate,
-                           checkpoint_dir=out / "checkpoints", run_name="exp_activation")
-
-
-def seed_members(cfg: Config, config: str, lr: float | None = None) -> list[C.Member]:
-    return [C.Member(seed=s, learning_rate=lr or cfg.learning_rate, config=config) for s in range(cfg.seeds)]
-
-
-def dataset(cfg: Config, env_id: str, history: int = 1) -> tuple[C.Dataset, jax.Array]:
-    """The environment's offline dataset and the trainer's fixed 512-state probe batch."""
-    ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size, seed=0,
-                           history=history)
-    return ds, ds.stacked_obs(jnp.asarray(C.probe_rows(ds, C.TrainConfig().probe_size)))
-
-
-def run_activation(cfg: Config, out: Path) -> list[dict]:
-    """Fig. 9 and 37: 2x64 MLPs with each activation; sparsity at the start and end; Gram features."""
-    rows, gram = [], {}
-    for env_id in cfg.env:
-        ds, probe = dataset(cfg, env_id)
-        for act in cfg.activations:
-            net = C.MLP(ds.num_actions, (64, 64), act)
-            members = seed_members(cfg, act_label(act))
-            result = train(cfg, out, net, ds, env_id, "activation", members, cfg.num_steps)
-            rows += result.rows
-            start = C.initial_params(net, probe[:1], [m.seed for m in members])  # the trainer's initial weights
-            for step, when, params in ((0, "start", start), (cfg.num_steps, "end", result.state.params)):
-                features = penultimate_features(net, params, probe)
-                rows += member_rows(env_id, "activation", members, step, "zero_frac",
-                                    np.mean(features == 0, axis=(1, 2)))
-                if env_id == cfg.env[0] and act in ("relu", "elu"):
-                    gram[f"{act}_{when}"] = features[:, :cfg.gram_states]
-    np.savez(out / "gram.npz", env=np.asarray(cfg.env[0]), **gram)
-    return rows
-
-
-def run_recurrent(cfg: Config, out: Path) -> list[dict]:
-    """Fig. 10 (stand-in on bsuite/memory_len): LSTM with tanh / ReLU cell activation, ReLU MLP."""
-    history = C.MEMORY_LENGTH + 1
-    ds, _ = dataset(cfg, cfg.recurrent_env, history)
-    nets = {"lstm=tanh": C.RecurrentQNetwork(ds.num_actions, 64, "tanh"),
-            "lstm=relu": C.RecurrentQNetwork(ds.num_actions, 64, "relu"),
-            "mlp=relu": LastObservationMLP(ds.num_actions)}
-    rows = []
-    for label, net in nets.items():
-        result = train(cfg, out, net, ds, cfg.recurrent_env, "recurrent", seed_members(cfg, label),
-                       cfg.recurrent_steps, history)
-        rows += result.rows
-    return rows
-
-
-def run_depth(cfg: Config, out: Path) -> list[dict]:
-    """Fig. 23: ReLU MLPs (He init) of several depths; srank of every layer at the start and end."""
-    rows = []
-    for env_id in cfg.env:
-        ds, probe = dataset(cfg, env_id)
-        for depth in cfg.depths:
-            net = C.MLP(ds.num_actions, (64,) * depth, "relu", init_scheme="he")
-            members = seed_members(cfg, f"depth={depth}")
-            result = train(cfg, out, net, ds, env_id, "depth", members, cfg.depth_steps, early_chunks=False)
-            rows += result.rows
-            start = C.initial_params(net, probe[:1], [m.seed for m in members])
-            for step, params in ((0, start), (cfg.depth_steps, result.state.params)):
-                ranks = layer_sranks(net, params, probe)
-                for layer in range(depth):
-                    rows += member_rows(env_id, "depth", members, step, f"srank_layer{layer + 1}", ranks[:, layer])
-    return rows
-
-
-def run_bottleneck(cfg: Config, out: Path) -> list[dict]:
-    """Fig. 35/36: a (64, b) ReLU MLP for each bottleneck width b, seeds x learning rates as members."""
-    rows = []
-    for env_id in cfg.bottleneck_env:
-        ds, _ = dataset(cfg, env_id)
-        for units in cfg.bottleneck_units:
-            members = [C.Member(seed=s, learning_rate=lr, config=bottleneck_label(units, lr))
-                       for lr in cfg.bottleneck_lrs for s in range(cfg.seeds)]
-            rows += train(cfg, out, C.MLP(ds.num_actions, (64, units), "relu"), ds, env_id, "bottleneck", members,
-                          cfg.bottleneck_steps).rows
-    return rows
-
-
-def run_hessian(cfg: Config, out: Path) -> tuple[list[dict], dict]:
-    """Fig. 24/25: one-hidden-layer ReLU and ELU networks; the exact TD-loss Hessian after training."""
-    ds, _ = dataset(cfg, cfg.hessian_env)
-    batch, weights, exact = distinct_transitions(ds, cfg.hessian_max_transitions)
-    rows, spectra, info = [], {}, {}
-    for act in ("relu", "elu"):
-        net = C.MLP(ds.num_actions, (cfg.hessian_hidden,), act)
-        members = seed_members(cfg, act_label(act))
-        result = train(cfg, out, net, ds, cfg.hessian_env, "hessian", members, cfg.hessian_steps)
-        rows += result.rows
-        shares, tops = [], []
-        for m, member in enumerate(members):
-            eig = td_hessian_eigenvalues(net, C.unstack(result.state.params, m),
-                                         C.unstack(result.state.target_params, m), batch, weights,
-                                         C.TrainConfig().gamma)
-            spectra[f"{act}_seed{member.seed}"] = eig
-            shares.append(near_zero_share(eig))
-            tops.append(np.max(np.abs(eig)))
-        rows += member_rows(cfg.hessian_env, "hessian", members, cfg.hessian_steps, "hessian_near_zero", shares)
-        rows += member_rows(cfg.hessian_env, "hessian", members, cfg.hessian_steps, "hessian_max_abs_eig", tops)
-        info["num_params"] = int(ravel_pytree(C.unstack(result.state.params, 0))[0].size)
-    info |= {"hidden": cfg.hessian_hidden, "transitions": len(ds), "distinct_transitions_used": len(weights),
-             "exact_over_dataset": bool(exact), "near_zero": f"|lambda| <= {NEAR_ZERO:g} * max|lambda|"}
-    np.savez(out / "hessian.npz", **spectra)
-    return rows, info
-
-
-def run(cfg: Config, out: Path) -> dict:
-    C.check_env_ids((*cfg.env, *cfg.bottleneck_env, cfg.recurrent_env, cfg.hessian_env))
-    rows, extra = [], {}
-    if "activation" in cfg.studies:
-        rows += run_activation(cfg, out)
-    if "recurrent" in cfg.studies:
-        rows += run_recurrent(cfg, out)
-    if "depth" in cfg.studies:
-        rows += run_depth(cfg, out)
-    if "bottleneck" in cfg.studies:
-        rows += run_bottleneck(cfg, out)
-    if "hessian" in cfg.studies:
-        hessian_rows, extra["hessian"] = run_hessian(cfg, out)
-        rows += hessian_rows
-    C.write_metrics(out, rows)
-    return extra
-
-
 # ------------------------------------------------------------------------------------------------
 # Claims, computed from metrics.csv alone
 # ------------------------------------------------------------------------------------------------
@@ -395,20 +429,16 @@ def run(cfg: Config, out: Path) -> dict:
 
 def final_mean(m: C.Metrics, **where) -> float:
     """Seed mean of the last recorded value of the matching rows (NaN if there are none)."""
-    if not m.select(**where):
+    if not m.has(**where):
         return float("nan")
-    return float(C.mean_and_stderr(m.final(**where))[0])
-
-
-def short(env: str) -> str:
-    return env.split("/")[-1]
+    return float(C.mean_and_stderr(m.last(**where))[0])
 
 
 def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
     out = []
 
-    def add(cid, text, statistic, agent, compute):
-        if not m.select(agent=agent):
+    def add(cid, text, statistic, study, compute):
+        if not m.has(study=study):
             out.append(C.Claim(cid, text, statistic, "not run", None))
             return
         value, held = compute()
@@ -416,41 +446,41 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
 
     def relu_lowest():
         parts, held = [], True
-        for env in m.values("env", agent="activation"):
-            s = {a: final_mean(m, env=env, agent="activation", config=act_label(a), metric="srank")
+        for env in m.values("env", study="activation"):
+            s = {a: final_mean(m, env=env, study="activation", activation=a, metric="srank")
                  for a in ("relu", "elu", "tanh")}
             held &= s["relu"] < s["elu"] and s["relu"] < s["tanh"]
-            parts.append(f"{short(env)}: relu {s['relu']:.1f} / elu {s['elu']:.1f} / tanh {s['tanh']:.1f}")
+            parts.append(f"{C.short_env(env)}: relu {s['relu']:.1f} / elu {s['elu']:.1f} / tanh {s['tanh']:.1f}")
         return "; ".join(parts), bool(held)
 
     def relu_sparser():
         parts, held = [], True
-        for env in m.values("env", agent="activation"):
-            get = lambda a, metric: final_mean(m, env=env, agent="activation", config=act_label(a), metric=metric)
+        for env in m.values("env", study="activation"):
+            get = lambda a, metric: final_mean(m, env=env, study="activation", activation=a, metric=metric)
             dead, zero = {a: get(a, "dead_units") for a in ("relu", "elu")}, {a: get(a, "zero_frac") for a in ("relu", "elu")}
             held &= dead["relu"] > dead["elu"] and zero["relu"] > zero["elu"]
-            parts.append(f"{short(env)}: dead {dead['relu']:.1f} vs {dead['elu']:.1f}, "
+            parts.append(f"{C.short_env(env)}: dead {dead['relu']:.1f} vs {dead['elu']:.1f}, "
                          f"zero frac {zero['relu']:.2f} vs {zero['elu']:.2f}")
         return "; ".join(parts), bool(held)
 
     def lstm_tanh_highest():
-        s = {c: final_mean(m, agent="recurrent", config=c, metric="srank") for c in ("lstm=tanh", "lstm=relu", "mlp=relu")}
-        return (f"LSTM tanh {s['lstm=tanh']:.1f}, LSTM relu {s['lstm=relu']:.1f}, MLP relu {s['mlp=relu']:.1f}",
-                bool(s["lstm=tanh"] > s["lstm=relu"] and s["lstm=tanh"] > s["mlp=relu"]))
+        s = {(n, a): final_mean(m, study="recurrent", network=n, activation=a, metric="srank")
+             for n, a in (("lstm", "tanh"), ("lstm", "relu"), ("mlp", "relu"))}
+        return (f"LSTM tanh {s['lstm', 'tanh']:.1f}, LSTM relu {s['lstm', 'relu']:.1f}, MLP relu {s['mlp', 'relu']:.1f}",
+                bool(s["lstm", "tanh"] > s["lstm", "relu"] and s["lstm", "tanh"] > s["mlp", "relu"]))
 
     def deeper_no_higher():
         parts, held = [], True
-        for env in m.values("env", agent="depth"):
-            configs = m.values("config", env=env, agent="depth")
-            s = {c: final_mean(m, env=env, agent="depth", config=c, metric="srank") for c in configs}
-            base = s.get("depth=2", float("nan"))
-            held &= all(v <= base for c, v in s.items() if c != "depth=2")
-            parts.append(f"{short(env)}: " + ", ".join(f"{c.split('=')[1]} layers {v:.1f}" for c, v in s.items()))
+        for env in m.values("env", study="depth"):
+            s = {d: final_mean(m, env=env, study="depth", depth=d, metric="srank")
+                 for d in m.values("depth", env=env, study="depth")}
+            base = s.get(2, float("nan"))
+            held &= all(v <= base for d, v in s.items() if d != 2)
+            parts.append(f"{C.short_env(env)}: " + ", ".join(f"{d} layers {v:.1f}" for d, v in s.items()))
         return "; ".join(parts), bool(held)
 
     def hessian_flatter():
-        share = {a: final_mean(m, agent="hessian", config=act_label(a), metric="hessian_near_zero")
-                 for a in ("relu", "elu")}
+        share = {a: final_mean(m, study="hessian", activation=a, metric="hessian_near_zero") for a in ("relu", "elu")}
         return f"relu {share['relu']:.3f} vs elu {share['elu']:.3f}", bool(share["relu"] > share["elu"])
 
     add("activation.1", "ReLU's srank ends lower than ELU's and tanh's on each bsuite task",
@@ -470,38 +500,22 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
 
 
 # ------------------------------------------------------------------------------------------------
-# plot(): every figure from metrics.csv, gram.npz and hessian.npz
+# Figures, from metrics.csv, gram.npz and hessian.npz: one function per figure
 # ------------------------------------------------------------------------------------------------
 
 ACT_COLORS = {"relu": "tab:red", "elu": "tab:blue", "tanh": "tab:green"}
 
 
-def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
-    plt = C.plot_setup()
-    if m.select(agent="activation"):
-        plot_activation(plt, m, out)
-    if m.select(agent="recurrent"):
-        plot_recurrent(plt, m, out)
-    if m.select(agent="depth"):
-        plot_depth(plt, m, out)
-    if m.select(agent="bottleneck"):
-        plot_bottleneck(plt, m, out)
-    if m.select(agent="hessian") and (out / "hessian.npz").exists():
-        plot_hessian(plt, m, cfg, out)
-    if (out / "gram.npz").exists():
-        plot_gram(plt, m, out)
-
-
 def plot_activation(plt, m: C.Metrics, out: Path) -> None:
-    envs = m.values("env", agent="activation")
+    """Fig. 9: srank, return, dead units and dormant fraction per activation."""
+    envs = m.values("env", study="activation")
     panels = [("srank", "srank (probe batch of 512)", True), ("return", "evaluation return", False),
               ("dead_units", "dead units (of 64)", True), ("dormant_frac", "dormant fraction (tau = 0.025)", True)]
     fig, axes = plt.subplots(len(panels), len(envs), figsize=(4.2 * len(envs), 2.6 * len(panels)), squeeze=False)
     for j, env in enumerate(envs):
-        for config in m.values("config", env=env, agent="activation"):
-            act = config.split("=")[1]
+        for act in m.values("activation", env=env, study="activation"):
             for i, (metric, _, log_x) in enumerate(panels):
-                steps, grid = m.curves(env=env, agent="activation", config=config, metric=metric)
+                steps, grid = m.curves(env=env, study="activation", activation=act, metric=metric)
                 C.plot_band(axes[i, j], np.maximum(steps, 1) if log_x else steps, grid,
                             act if i == 0 else None, ACT_COLORS.get(act))
         for i, (_, label, log_x) in enumerate(panels):
@@ -510,83 +524,89 @@ def plot_activation(plt, m: C.Metrics, out: Path) -> None:
         axes[-1, j].set_xlabel("gradient steps")
     axes[0, 0].legend(title="activation")
     fig.suptitle(f"Fig. 9: offline double DQN, 2x64 MLP, by activation "
-                 f"({C.seeds_note(m, agent='activation', env=envs[0])})")
+                 f"({C.seeds_note(m, study='activation', env=envs[0])})")
     C.save_figure(fig, out, "fig09_activation_srank_return")
 
 
 def plot_recurrent(plt, m: C.Metrics, out: Path) -> None:
-    env = m.values("env", agent="recurrent")[0]
-    labels = {"lstm=tanh": ("LSTM, tanh cell", "tab:green"), "lstm=relu": ("LSTM, ReLU cell", "tab:red"),
-              "mlp=relu": ("MLP (ReLU), last observation", "tab:gray")}
+    """Fig. 10: LSTM cell activation on the memory task."""
+    env = m.values("env", study="recurrent")[0]
+    labels = {("lstm", "tanh"): ("LSTM, tanh cell", "tab:green"), ("lstm", "relu"): ("LSTM, ReLU cell", "tab:red"),
+              ("mlp", "relu"): ("MLP (ReLU), last observation", "tab:gray")}
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
-    for config in m.values("config", agent="recurrent"):
-        label, color = labels.get(config, (config, None))
-        steps, grid = m.curves(agent="recurrent", config=config, metric="srank")
+    for (network, act), (label, color) in labels.items():
+        if not m.has(study="recurrent", network=network, activation=act):
+            continue
+        steps, grid = m.curves(study="recurrent", network=network, activation=act, metric="srank")
         C.plot_band(axes[0], np.maximum(steps, 1), grid, label, color)
-        C.plot_band(axes[1], *m.curves(agent="recurrent", config=config, metric="return"), None, color)
+        C.plot_band(axes[1], *m.curves(study="recurrent", network=network, activation=act, metric="return"), None,
+                    color)
     axes[0].set(xscale="log", xlabel="gradient steps", ylabel="srank of the output features (of 64)")
     axes[1].set(xlabel="gradient steps", ylabel="evaluation return (+1 right, -1 wrong)")
     axes[0].legend()
     fig.suptitle(f"Fig. 10 (stand-in for DeepMind Lab): {env}, memory length {C.MEMORY_LENGTH} "
-                 f"({C.seeds_note(m, agent='recurrent')})")
+                 f"({C.seeds_note(m, study='recurrent')})")
     C.save_figure(fig, out, "fig10_lstm_cell_activation")
 
 
 def plot_depth(plt, m: C.Metrics, out: Path) -> None:
-    envs = m.values("env", agent="depth")
-    configs = m.values("config", env=envs[0], agent="depth")
-    colors = plt.cm.viridis(np.linspace(0.1, 0.85, len(configs)))
+    """Fig. 23: srank of every layer at the start and the end, per depth."""
+    envs = m.values("env", study="depth")
+    depths = sorted(m.values("depth", env=envs[0], study="depth"))
+    colors = plt.cm.viridis(np.linspace(0.1, 0.85, len(depths)))
     fig, axes = plt.subplots(2, len(envs), figsize=(4.2 * len(envs), 6.4), squeeze=False)
     for j, env in enumerate(envs):
-        for config, color in zip(configs, colors):
-            depth = int(config.split("=")[1])
+        for depth, color in zip(depths, colors):
             layers = np.arange(1, depth + 1)
             for step_index, style, label in ((0, ":", None), (-1, "-", f"{depth} layers")):
-                values = np.stack([m.curves(env=env, agent="depth", config=config, metric=f"srank_layer{k}")[1]
+                values = np.stack([m.curves(env=env, study="depth", depth=depth, metric=f"srank_layer{k}")[1]
                                    [:, step_index] for k in layers], axis=1)
                 mean, err = C.mean_and_stderr(values)
                 axes[0, j].errorbar(layers, mean, err, color=color, ls=style, marker="o", ms=3, capsize=2,
                                     label=label)
-            C.plot_band(axes[1, j], *m.curves(env=env, agent="depth", config=config, metric="return"),
+            C.plot_band(axes[1, j], *m.curves(env=env, study="depth", depth=depth, metric="return"),
                         f"{depth} layers", color)
         axes[0, j].set(title=env, xlabel="hidden layer (1 = nearest the input)", ylabel="srank (of 64)")
         axes[1, j].set(xlabel="gradient steps", ylabel="evaluation return")
     axes[0, 0].legend(title="solid: end, dotted: init")
     fig.suptitle(f"Fig. 23: srank of every layer of ReLU MLPs (He init) of several depths "
-                 f"({C.seeds_note(m, agent='depth', env=envs[0])})")
+                 f"({C.seeds_note(m, study='depth', env=envs[0])})")
     C.save_figure(fig, out, "fig23_depth_layer_srank")
 
 
 def plot_bottleneck(plt, m: C.Metrics, out: Path) -> None:
-    env = m.values("env", agent="bottleneck")[0]
-    configs = m.values("config", env=env, agent="bottleneck")
-    lrs = list(dict.fromkeys(c.split(",lr=")[1] for c in configs))
-    units = list(dict.fromkeys(c.split(",")[0] for c in configs))
-    colors = plt.cm.plasma(np.linspace(0.05, 0.8, len(units)))
-    fig, axes = plt.subplots(2, len(lrs), figsize=(4.6 * len(lrs), 6.2), squeeze=False)
-    for j, lr in enumerate(lrs):
-        for unit, color in zip(units, colors):
-            config = f"{unit},lr={lr}"
-            steps, grid = m.curves(env=env, agent="bottleneck", config=config, metric="srank")
-            C.plot_band(axes[0, j], np.maximum(steps, 1), grid, f"{unit.split('=')[1]} units", color)
-            C.plot_band(axes[1, j], *m.curves(env=env, agent="bottleneck", config=config, metric="return"), None, color)
-        axes[0, j].set(xscale="log", ylabel="srank of the bottleneck layer", title=f"({'ab'[j % 2]}) learning rate {lr}")
+    """Fig. 35/36: srank and return per bottleneck width, at two learning rates."""
+    env = m.values("env", study="bottleneck")[0]
+    rates = sorted(m.values("lr", env=env, study="bottleneck"))
+    widths = sorted(m.values("width", env=env, study="bottleneck"))
+    colors = plt.cm.plasma(np.linspace(0.05, 0.8, len(widths)))
+    fig, axes = plt.subplots(2, len(rates), figsize=(4.6 * len(rates), 6.2), squeeze=False)
+    for j, lr in enumerate(rates):
+        for width, color in zip(widths, colors):
+            where = {"env": env, "study": "bottleneck", "width": width, "lr": lr}
+            steps, grid = m.curves(**where, metric="srank")
+            C.plot_band(axes[0, j], np.maximum(steps, 1), grid, f"{width} units", color)
+            C.plot_band(axes[1, j], *m.curves(**where, metric="return"), None, color)
+        axes[0, j].set(xscale="log", ylabel="srank of the bottleneck layer", title=f"({'ab'[j % 2]}) learning rate {lr:g}")
         axes[1, j].set(xlabel="gradient steps", ylabel="evaluation return")
     axes[0, 0].legend(title="bottleneck width")
     fig.suptitle(f"Fig. 35/36: {env}, ReLU MLP (64, b) by bottleneck width b "
-                 f"({C.seeds_note(m, agent='bottleneck', env=env)})")
+                 f"({C.seeds_note(m, study='bottleneck', env=env)})")
     C.save_figure(fig, out, "fig35_bottleneck_width")
 
 
-def plot_hessian(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
+def load_spectra(out: Path) -> dict[str, np.ndarray]:
     with np.load(out / "hessian.npz") as f:
-        spectra = {k: f[k] for k in f.files}
-    acts = [a for a in ("relu", "elu") if any(k.startswith(a) for k in spectra)]
-    note = C.seeds_note(m, agent="hessian")
+        return {k: f[k] for k in f.files}
 
+
+def plot_hessian_spectrum(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
+    """Fig. 24: srank along training and the Hessian eigenvalue density after it."""
+    spectra = load_spectra(out)
+    acts = [a for a in ("relu", "elu") if any(k.startswith(a) for k in spectra)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for act in acts:
-        steps, grid = m.curves(agent="hessian", config=act_label(act), metric="srank")
+        steps, grid = m.curves(study="hessian", activation=act, metric="srank")
         C.plot_band(axes[0], np.maximum(steps, 1), grid, act, ACT_COLORS[act])
         eig = np.concatenate([v for k, v in spectra.items() if k.startswith(act)])
         axes[1].hist(eig, bins=80, density=True, histtype="step", lw=1.4, color=ACT_COLORS[act],
@@ -596,12 +616,17 @@ def plot_hessian(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
     axes[1].set(yscale="log", xlabel="Hessian eigenvalue", ylabel="density")
     axes[1].legend()
     fig.suptitle(f"Fig. 24: 1 x {cfg.hessian_hidden} hidden MLP on catch: srank, and the exact TD-loss Hessian's "
-                 f"eigenvalue density after training ({note})")
+                 f"eigenvalue density after training ({C.seeds_note(m, study='hessian')})")
     C.save_figure(fig, out, "fig24_hessian_spectrum")
 
+
+def plot_hessian_near_zero(plt, m: C.Metrics, out: Path) -> None:
+    """Fig. 25: the share of near-zero eigenvalues and the sorted spectra."""
+    spectra = load_spectra(out)
+    acts = [a for a in ("relu", "elu") if any(k.startswith(a) for k in spectra)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for k, act in enumerate(acts):
-        shares = m.final(agent="hessian", config=act_label(act), metric="hessian_near_zero")
+        shares = m.last(study="hessian", activation=act, metric="hessian_near_zero")
         mean, err = C.mean_and_stderr(shares)
         axes[0].bar(k, mean, yerr=err, capsize=3, color=ACT_COLORS[act], alpha=0.7)
         axes[0].plot(np.full(len(shares), k), shares, "k.", ms=5)
@@ -615,11 +640,13 @@ def plot_hessian(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
     axes[1].set(yscale="log", xlabel="eigenvalue index (by magnitude)", ylabel="|λ|",
                 title="spectrum (dotted: near-zero threshold)")
     axes[1].legend()
-    fig.suptitle(f"Fig. 25: distribution of the Hessian eigenvalues, ReLU against ELU ({note})")
+    fig.suptitle(f"Fig. 25: distribution of the Hessian eigenvalues, ReLU against ELU "
+                 f"({C.seeds_note(m, study='hessian')})")
     C.save_figure(fig, out, "fig25_hessian_near_zero")
 
 
-def plot_gram(plt, m: C.Metrics, out: Path) -> None:
+def plot_gram(plt, out: Path) -> None:
+    """Fig. 37: Gram matrices of the last hidden layer, ReLU against ELU, start and end."""
     with np.load(out / "gram.npz") as f:
         env, features = str(f["env"]), {k: f[k] for k in f.files if k != "env"}
     acts = [a for a in ("relu", "elu") if f"{a}_start" in features]
@@ -637,12 +664,24 @@ def plot_gram(plt, m: C.Metrics, out: Path) -> None:
     C.save_figure(fig, out, "fig37_gram_sparsity")
 
 
-# ------------------------------------------------------------------------------------------------
+def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
+    plt = C.plot_setup()
+    if m.has(study="activation"):
+        plot_activation(plt, m, out)
+    if m.has(study="recurrent"):
+        plot_recurrent(plt, m, out)
+    if m.has(study="depth"):
+        plot_depth(plt, m, out)
+    if m.has(study="bottleneck"):
+        plot_bottleneck(plt, m, out)
+    if m.has(study="hessian") and (out / "hessian.npz").exists():
+        plot_hessian_spectrum(plt, m, cfg, out)
+        plot_hessian_near_zero(plt, m, out)
+    if (out / "gram.npz").exists():
+        plot_gram(plt, out)
 
 
-def main(args: Args) -> None:
-    C.run_study(args, PRESETS, run=run, claims=claims, plot=plot)
-
+STUDY = C.Study("exp_activation", __doc__.split("\n\n")[0], PRESETS, run, claims, plot)
 
 if __name__ == "__main__":
-    C.cli(Args, main)
+    C.main(STUDY)

@@ -1,20 +1,14 @@
 """Interventions on rank and their average treatment effects (Sections 5 and 8.2, Appendices A.4, A.6
 and A.10; Tables 1 and 3, Figures 1, 7, 8, 16 and 27 of Gulcehre et al. 2022).
 
+Tables 1 and 3; figures 1 (srank against return, a narrow setting against the whole sweep), 7
+(final srank against return per activation), 8 (effects of pairs of interventions), 16 (CURL weight
+sweep) and 27 (with and without SAM).
+
     make exp_interventions                      # cpu preset: MinAtar space_invaders and breakout
     python exp_interventions.py --preset paper --data-dir /data/dqn_replay   # Atari Asterix, Gravitar
     python exp_interventions.py --plot-only     # redraw figures and tables from metrics.csv
-
-Protocol. Offline double DQN is trained in a "control" setting (ReLU, a fixed learning rate, target
-update period T, no SAM, no CURL, all of the data) and under six interventions, each switching one
-setting to its "treatment": activation ReLU -> tanh, learning rate -> another, target period ->
-a shorter one, SAM radius 0 -> 0.05 (Foret et al. 2021), CURL weight 0 -> 0.001 (Laskin et al.
-2020) and data 100% -> 5%. The runs form a two-level factorial design over the six factors, crossed
-with the environments (the paper's "level" factor). The paper preset runs the full factorial, 2^6
-configurations x 2 games = 128 runs, the paper's count; the cpu preset runs a quarter fraction
-(16 configurations per game, resolution IV: no main effect is confounded with a two-factor
-interaction). Every configuration of one seed starts from the same initial weights, so
-differences between configurations are not initialisation noise.
+    python exp_interventions.py --help          # every setting, with the chosen preset's value
 
 Analysis (from metrics.csv alone):
   * Table 3: the average treatment effect (ATE) of each intervention on the final srank, the
@@ -30,19 +24,11 @@ Analysis (from metrics.csv alone):
   * Fig. 1 / 7: srank against return over the sweep, per activation and combined, with Pearson and
     Spearman correlations. Fig. 27: srank and return along training with and without SAM.
   * Fig. 16: a separate sweep over the CURL weight in the control setting (0 to a large weight).
-
-CURL here: the anchor is the online network's penultimate features of the observation (the same
-forward pass the TD loss uses), the positive key the target network's features of a randomly
-shifted copy (DrQ shift: 1 pixel on MinAtar's 10x10, 4 on Atari's 84x84); logits anchor W key^T
-over the batch, with a learned bilinear W, and a cross-entropy towards the matching pair. CURL
-keeps a momentum (EMA) copy of the encoder for the keys; the DQN target network is such a lagging
-copy already, so it serves. SAM: the gradient at params + rho g/||g||, then Adam.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 import sys
@@ -57,23 +43,82 @@ import optax
 
 import common as C
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Offline double DQN under a factorial design of interventions: ATEs on srank and on return."""
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(C.OfflineStudyConfig):
-    learning_rate: float  # control
+    env: tuple[str, ...]
+    """Environment ids (the paper's "level" factor: two games)."""
+    seeds: int
+    """Training seeds per configuration of the design."""
+    num_steps: int
+    """Gradient steps per run."""
+    chunk_steps: int
+    """Gradient steps per compiled call; the probe metrics are taken after each."""
+    eval_every: int
+    """Gradient steps between online evaluations."""
+    eval_episodes: int
+    """Greedy evaluation episodes per member and evaluation."""
+    batch_size: int
+    """Minibatch size."""
+    learning_rate: float
+    """Learning rate of the control setting."""
     treatment_learning_rate: float
-    treatment_target_update_period: int  # the control's is target_update_period
-    sam_rho: float  # SAM radius when SAM is the treatment
-    curl_weight: float  # CURL weight when CURL is the treatment
-    data_fraction: float  # fraction of the dataset when the data split is the treatment
-    design: Literal["full", "half", "quarter"]  # which fraction of the 2^6 factorial to run
-    curl_sweep_weights: tuple[float, ...]  # Fig. 16: CURL weights tried in the control setting
-    curl_sweep_env: tuple[str, ...]  # environments of the CURL sweep (those also in env run it)
+    """Learning rate when the learning rate is the treatment."""
+    target_update_period: int
+    """Target-network period of the control setting."""
+    treatment_target_update_period: int
+    """Target-network period when it is the treatment."""
+    sam_rho: float
+    """SAM radius when SAM is the treatment (control: 0, no SAM)."""
+    curl_weight: float
+    """CURL loss weight when CURL is the treatment (control: 0)."""
+    data_fraction: float
+    """Fraction of the dataset when the data split is the treatment (control: all of it)."""
+    design: Literal["full", "half", "quarter"]
+    """Which fraction of the 2^6 factorial to run (full: 64 configurations per environment)."""
+    curl_sweep_weights: tuple[float, ...]
+    """CURL weights of the Fig. 16 sweep, in the control setting otherwise."""
+    curl_sweep_env: tuple[str, ...]
+    """Environments of the CURL sweep (it runs on those that are also in --env)."""
     curl_sweep_seeds: int
+    """Seeds per weight of the CURL sweep."""
+    dataset_noise: float
+    """bsuite/MinAtar collection: probability of a random action in the behaviour policy."""
+    dataset_size: int
+    """bsuite/MinAtar collection: transitions in the dataset."""
     quantiles: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95)
-    permutations: int = 20_000  # exact test up to this many relabellings, else this many random ones
-    reference_episodes: int = 32  # episodes of the uniformly random policy (the normalisation's 0)
-    subsample_seed: int = 0
+    """Quantiles of srank that define "high rank" in Table 1."""
+    permutations: int = 20_000
+    """Permutations of Table 1's one-sided test (exact when there are at most this many relabellings)."""
+    reference_episodes: int = 32
+    """Episodes of the uniformly random policy (the normalisation's 0)."""
+    gamma: float = 0.99
+    """Discount."""
+    optimizer: C.Optimizer = "adam"
+    """Optimizer."""
+    probe_size: int = 512
+    """States in the fixed probe batch."""
+    data_dir: str | None = None
+    """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
+    replay_checkpoints: tuple[int, ...] = (0,)
+    """Atari: which DQN Replay checkpoints to load."""
+
+    checkpoint_seconds: float = 60.0
+    """Wall seconds between checkpoints: a killed run resumes from the last one."""
+
+    def check(self) -> None:
+        C.require(self.checkpoint_seconds >= 0, "--checkpoint-seconds must be >= 0")
+        C.check_env_ids((*self.env, *self.curl_sweep_env))
+        C.require_positive(self, "seeds", "num_steps", "chunk_steps", "eval_every", "eval_episodes", "batch_size",
+                           "learning_rate", "treatment_learning_rate", "target_update_period",
+                           "treatment_target_update_period", "sam_rho", "curl_weight", "curl_sweep_seeds",
+                           "permutations", "reference_episodes", "probe_size")
+        C.require_fraction(self, "data_fraction", "quantiles")
+        C.require(all(w >= 0 for w in self.curl_sweep_weights), "--curl-sweep-weights must be >= 0")
+        C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
+        C.require_multiple(self, "num_steps", "chunk_steps")
+        C.require_multiple(self, "eval_every", "chunk_steps")
 
 
 PRESETS = {
@@ -108,24 +153,85 @@ PRESETS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Args(C.StudyArgs):
-    """Offline double DQN under a factorial design of interventions: ATEs on srank and on return."""
+# ------------------------------------------------------------------------------------------------
+# run(): the method
+# ------------------------------------------------------------------------------------------------
 
-    num_steps: int | None = None
-    """Gradient steps per run."""
-    design: Literal["full", "half", "quarter"] | None = None
-    """Fraction of the 2^6 factorial of interventions to run (full: 64 configurations per environment)."""
-    curl_sweep_weights: tuple[float, ...] | None = None
-    """CURL weights of the Fig. 16 sweep (control setting otherwise)."""
-    curl_sweep_env: tuple[str, ...] | None = None
-    """Environments of the CURL sweep (it runs on those that are also in --env)."""
-    permutations: int | None = None
-    """Permutations of the one-sided test of Table 1 (exact when there are at most this many)."""
-    dataset_size: int | None = None
-    """Transitions collected for bsuite/MinAtar datasets."""
-    data_dir: str | None = None
-    """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
+
+def run(cfg: Config, out: Path, timings: C.Timings) -> dict:
+    """Offline double DQN (Huber TD loss, Adam, target network) in a control setting (ReLU, the
+    control learning rate and target period, no SAM, no CURL, all of the data) and under six
+    interventions, each switching one setting to its treatment: activation ReLU -> tanh, learning
+    rate, target period, SAM radius 0 -> rho (Foret et al. 2021), CURL weight 0 -> w (Laskin et
+    al. 2020), data 100% -> a fraction. The runs form a two-level factorial design over the six
+    factors, crossed with the environments. Activation and SAM change the compiled program, so
+    each (activation, SAM) group of the design is one program whose members are its other
+    settings x seeds; every configuration of one seed starts from the same initial weights. Per
+    environment also: the random policy's and the data's returns (the normalisation), and a
+    sweep over the CURL weight in the control setting (Fig. 16)."""
+    fs = factors(cfg)
+    design = fractional_factorial(len(fs), GENERATORS[cfg.design])
+    rows = []
+    for env_id in cfg.env:
+        with timings("collect"):
+            ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
+                                   data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
+        # One seeded order of the transitions; the runs on a fraction train on its first part.
+        order = np.asarray(ds.valid)[np.random.default_rng(C.SUBSAMPLE_SEED).permutation(len(ds))]
+        nets = {a: CURLNetwork(C.default_network(env_id, ds.num_actions, a)) for a in ("relu", "tanh")}
+        td = C.DoubleDQN(gamma=cfg.gamma, clip_rewards=env_id.startswith("atari/"))
+        train = C.TrainConfig(num_steps=cfg.num_steps, chunk_steps=cfg.chunk_steps, batch_size=cfg.batch_size,
+                              optimizer=cfg.optimizer, target_update_period=cfg.target_update_period,
+                              probe_size=cfg.probe_size, eval_every=cfg.eval_every,
+                              checkpoint_seconds=cfg.checkpoint_seconds)
+        evaluate = C.Evaluator(env_id, cfg.eval_episodes)
+        with timings("evaluate"):
+            rows += reference_rows(cfg, env_id, ds, nets["relu"])
+
+        def train_group(members: list[C.Member], activation: str, sam: bool, study: str) -> list[dict]:
+            # A program without any CURL member leaves the loss out rather than weighting it by 0.
+            curl = any(m.settings["curl_weight"] > 0 for m in members)
+            loss = TDWithCURL(td, shift_pad(env_id), C.image_axes(env_id)) if curl else td
+            return C.train_offline(nets[activation], ds, loss, members, train, gradient=sam_gradient if sam else
+                                   C.plain_gradient, order=order, evaluate=evaluate,
+                                   columns={"study": study, "env": env_id, "agent": "dqn", "activation": activation},
+                                   checkpoints=out / "checkpoints", timings=timings).rows
+
+        for act in (fs[0].control, fs[0].treatment):
+            for sam in (False, True):
+                members = [member(cfg, fs, t, s, len(ds)) for t in design if levels(fs, t)["activation"] == act
+                           and (levels(fs, t)["sam_rho"] > 0) == sam for s in range(cfg.seeds)]
+                if members:
+                    rows += train_group(members, act, sam, "design")
+        if env_id in cfg.curl_sweep_env:
+            control = np.zeros(len(fs), bool)
+            members = [member(cfg, fs, control, s, len(ds), curl_weight=w)
+                       for w in cfg.curl_sweep_weights for s in range(cfg.curl_sweep_seeds)]
+            rows += train_group(members, fs[0].control, False, "curl_sweep")
+    C.write_metrics(out, rows)
+    return {"design_runs_per_env": int(len(design)), "design_generators": GENERATORS[cfg.design]}
+
+
+def member(cfg: Config, fs: tuple[Factor, ...], treated: np.ndarray, seed: int, num_transitions: int,
+           curl_weight: float | None = None) -> C.Member:
+    """The trainer member of one run of the design: its settings are the factors' levels."""
+    level = levels(fs, treated)
+    if curl_weight is not None:  # the CURL sweep: the control setting with another weight
+        level["curl_weight"] = curl_weight
+    columns = {k: v for k, v in level.items() if k != "activation"}  # activation: the program's column
+    return C.Member(seed=seed, learning_rate=level["lr"], columns=columns,
+                    data_size=max(cfg.batch_size, int(round(level["fraction"] * num_transitions))),
+                    target_update_period=level["target_period"],
+                    settings={"sam_rho": level["sam_rho"], "curl_weight": level["curl_weight"]})
+
+
+def reference_rows(cfg: Config, env_id: str, ds: C.Dataset, net: nn.Module) -> list[dict]:
+    """The normalisation's two ends as metrics rows: a uniformly random policy and the data."""
+    params = C.initial_params(net, ds.stacked_obs(ds.valid[:1]), [0])
+    random_policy = C.Evaluator(env_id, cfg.reference_episodes, seed=C.REFERENCE_SEED, epsilon=1.0)
+    row = {"study": "reference", "env": env_id, "seed": 0, "step": 0, "metric": "return"}
+    return [dict(row, agent="random", value=float(random_policy(net, params)["return"].mean())),
+            dict(row, agent="behaviour", value=float(episode_returns(ds).mean()))]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,7 +241,7 @@ class Args(C.StudyArgs):
 
 @dataclasses.dataclass(frozen=True)
 class Factor:
-    key: str  # the key in a run's config label
+    key: str  # the metrics.csv column of the setting
     title: str
     control: Any
     treatment: Any
@@ -143,14 +249,17 @@ class Factor:
 
 def factors(cfg: Config) -> tuple[Factor, ...]:
     return (
-        Factor("act", "Activation function", "relu", "tanh"),
+        Factor("activation", "Activation function", "relu", "tanh"),
         Factor("lr", "Learning rate", cfg.learning_rate, cfg.treatment_learning_rate),
-        Factor("target", "Target update steps", cfg.target_update_period, cfg.treatment_target_update_period),
-        Factor("sam", "SAM radius", 0.0, cfg.sam_rho),
-        Factor("curl", "CURL loss weight", 0.0, cfg.curl_weight),
-        Factor("data", "Data split", 1.0, cfg.data_fraction),
+        Factor("target_period", "Target update steps", cfg.target_update_period, cfg.treatment_target_update_period),
+        Factor("sam_rho", "SAM radius", 0.0, cfg.sam_rho),
+        Factor("curl_weight", "CURL loss weight", 0.0, cfg.curl_weight),
+        Factor("fraction", "Data split", 1.0, cfg.data_fraction),
     )
 
+
+SHORT = {"activation": "act", "lr": "lr", "target_period": "target", "sam_rho": "sam", "curl_weight": "curl",
+         "fraction": "data"}  # factor names in figures
 
 # Generators of the fractions of a 2^6 design (Box, Hunter and Hunter, Table 6.14): each generated
 # factor is the product of the listed base factors in +-1 coding. half: F = ABCDE (resolution VI);
@@ -182,35 +291,36 @@ def fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def run_levels(fs: tuple[Factor, ...], treated: np.ndarray) -> dict[str, Any]:
+def levels(fs: tuple[Factor, ...], treated: np.ndarray) -> dict[str, Any]:
     """Each factor's value in a run of the design (its treatment where treated, else its control)."""
     return {f.key: f.treatment if t else f.control for f, t in zip(fs, treated)}
 
 
-def run_label(levels: dict[str, Any]) -> str:
-    """The config label of a run, e.g. ``act=relu lr=0.0003 target=1000 sam=0 curl=0 data=1``."""
-    return " ".join(f"{k}={fmt(v)}" for k, v in levels.items())
-
-
-def parse_label(label: str) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in label.split())
-
-
-def treated_bits(fs: tuple[Factor, ...], label: str) -> np.ndarray:
-    """Inverse of run_label: which factors a label has at their treatment."""
-    values = parse_label(label)
+def treated_bits(fs: tuple[Factor, ...], row: dict[str, Any]) -> np.ndarray:
+    """Which factors a run (its settings, as read from metrics.csv) has at their treatment."""
     bits = []
     for f in fs:
-        if values.get(f.key) not in (fmt(f.control), fmt(f.treatment)):
-            raise ValueError(f"run {label!r} in metrics.csv does not match this preset's {f.key} levels "
-                             f"{fmt(f.control)}/{fmt(f.treatment)}: re-plot with the --preset it was made with")
-        bits.append(values[f.key] == fmt(f.treatment))
+        if row.get(f.key) not in (f.control, f.treatment):
+            raise ValueError(f"a run in metrics.csv has {f.key} = {row.get(f.key)!r}, not this config's "
+                             f"{fmt(f.control)}/{fmt(f.treatment)}")
+        bits.append(row[f.key] == f.treatment)
     return np.asarray(bits)
 
 
 # ------------------------------------------------------------------------------------------------
-# CURL: a bilinear contrastive loss between features of an observation and of a shifted copy
+# SAM and CURL: the two interventions that change how the trainer computes a step
 # ------------------------------------------------------------------------------------------------
+
+
+def sam_gradient(loss_of_params, params, settings):
+    """Sharpness-aware gradient (Foret et al. 2021, their eq. 2 with p = 2), the trainer's gradient
+    rule for the SAM runs: the gradient at ``params + rho * g / ||g||``, the steepest-ascent
+    point at distance rho = ``settings["sam_rho"]``; the norm is global over all parameters, as in
+    the paper. rho = 0 gives the plain gradient (at twice the cost)."""
+    grad_fn = jax.value_and_grad(loss_of_params, has_aux=True)
+    (value, aux), grads = grad_fn(params)
+    scale = settings["sam_rho"] / (optax.global_norm(grads) + 1e-12)
+    return (value, aux), grad_fn(jax.tree_util.tree_map(lambda p, g: p + scale * g, params, grads))[1]
 
 
 class CURLNetwork(nn.Module):
@@ -231,25 +341,27 @@ def curl_logits(anchors: jax.Array, keys: jax.Array, bilinear: jax.Array) -> jax
     return anchors @ bilinear @ keys.T
 
 
-@functools.lru_cache(maxsize=None)  # one loss object per network, so compiled chunks are reused
-def curl_loss(net: nn.Module, pad: int, axes: tuple[int, int]):
-    """The trainer's extra loss: InfoNCE over the batch with the other samples as negatives."""
+@dataclasses.dataclass(frozen=True)
+class TDWithCURL:
+    """The TD loss plus ``settings["curl_weight"]`` x CURL's InfoNCE loss over the minibatch (the
+    other samples are the negatives). Anchors: the online network's penultimate features of the
+    observations (the TD loss's own forward pass). Keys: the target network's features of a
+    DrQ-shifted copy (``pad`` cells or pixels). Logits anchor W key^T with the learned bilinear W."""
 
-    def loss(params, anchors, target_params, batch, key):
-        _, keys = net.apply(target_params, C.random_shift(key, batch.obs, pad, axes))
-        logits = curl_logits(anchors, jax.lax.stop_gradient(keys), params["params"]["curl_bilinear"])
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(logits.shape[0])))
+    td: C.Loss
+    pad: int
+    axes: tuple[int, int]
 
-    return loss
+    def __call__(self, apply, params, target_params, batch, settings, key):
+        value, aux = self.td(apply, params, target_params, batch, settings, key)
+        _, keys = apply(target_params, C.random_shift(key, batch.obs, self.pad, self.axes))
+        logits = curl_logits(aux["features"], jax.lax.stop_gradient(keys), params["params"]["curl_bilinear"])
+        curl = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(logits.shape[0])))
+        return value + settings["curl_weight"] * curl, aux
 
 
 def shift_pad(env_id: str) -> int:
     return 4 if env_id.startswith("atari/") else 1
-
-
-# ------------------------------------------------------------------------------------------------
-# Training: one vmapped program per (activation, SAM) group of the design, per environment
-# ------------------------------------------------------------------------------------------------
 
 
 def episode_returns(ds: C.Dataset) -> np.ndarray:
@@ -269,63 +381,6 @@ def episode_returns(ds: C.Dataset) -> np.ndarray:
                 returns.append(total)
             total, complete = 0.0, True
     return np.asarray(returns)
-
-
-def reference_rows(cfg: Config, env_id: str, ds: C.Dataset, net: nn.Module) -> list[dict]:
-    """The normalisation's two ends as metrics rows: a uniformly random policy and the data."""
-    params = C.initial_params(net, ds.stacked_obs(ds.valid[:1]), [0])
-    random_return = C.evaluate_policies(net, params, env_id, cfg.reference_episodes, seed=20_000, epsilon=1.0).mean()
-    data_return = episode_returns(ds).mean()
-    row = {"env": env_id, "seed": 0, "step": 0, "metric": "return"}
-    return [dict(row, agent="random", config="epsilon=1", value=float(random_return)),
-            dict(row, agent="behaviour", config="dataset", value=float(data_return))]
-
-
-def member(cfg: Config, fs: tuple[Factor, ...], treated: np.ndarray, seed: int, num_transitions: int,
-           curl_weight: float | None = None) -> C.Member:
-    level = run_levels(fs, treated)
-    if curl_weight is not None:  # the CURL sweep: the control setting with another weight
-        level["curl"] = curl_weight
-    return C.Member(seed=seed, learning_rate=level["lr"], config=run_label(level),
-                    data_size=max(cfg.batch_size, int(round(level["data"] * num_transitions))),
-                    target_update_period=level["target"], sam_rho=level["sam"], extra_weight=level["curl"])
-
-
-def run(cfg: Config, out: Path) -> dict:
-    C.check_env_ids(cfg.env)
-    fs = factors(cfg)
-    design = fractional_factorial(len(fs), GENERATORS[cfg.design])
-    rows = []
-    for env_id in cfg.env:
-        ds = cfg.dataset(env_id)
-        # One seeded order of the transitions; the 5% runs train on its first 5%.
-        order = np.asarray(ds.valid)[np.random.default_rng(cfg.subsample_seed).permutation(len(ds))]
-        nets = {a: CURLNetwork(C.default_network(env_id, ds.num_actions, a)) for a in ("relu", "tanh")}
-        rows += reference_rows(cfg, env_id, ds, nets["relu"])
-        groups = [(a, sam) for a in (0, 1) for sam in (0, 1)]  # activation and SAM change the program
-        for act, sam in groups:
-            members = [member(cfg, fs, t, s, len(ds)) for t in design if t[0] == act and t[3] == sam
-                       for s in range(cfg.seeds)]
-            if members:
-                rows += train(cfg, nets[fs[0].treatment if act else fs[0].control], ds, members, env_id, order, out,
-                              agent="dqn", name=f"act{act}_sam{sam}")
-        if env_id in cfg.curl_sweep_env:
-            members = [member(cfg, fs, np.zeros(len(fs), bool), s, len(ds), curl_weight=w)
-                       for w in cfg.curl_sweep_weights for s in range(cfg.curl_sweep_seeds)]
-            rows += train(cfg, nets["relu"], ds, members, env_id, order, out, agent="dqn_curl_sweep", name="curl")
-    C.write_metrics(out, rows)
-    return {"design_runs_per_env": int(len(design)), "design_generators": GENERATORS[cfg.design]}
-
-
-def train(cfg: Config, net: nn.Module, ds: C.Dataset, members: list[C.Member], env_id: str, order: np.ndarray,
-          out: Path, *, agent: str, name: str) -> list[dict]:
-    pad, axes = shift_pad(env_id), C.image_axes(env_id)
-    # Without any CURL member the program leaves the loss out rather than weighting it by 0.
-    extra = curl_loss(net, pad, axes) if any(m.extra_weight > 0 for m in members) else None
-    result = C.train_offline(net, ds, cfg.train_config(), members, env_id=env_id, agent=agent, order=order,
-                             evaluate_fn=cfg.evaluator(net, env_id), checkpoint_dir=out / "checkpoints",
-                             extra_loss=extra, run_name=f"exp_interventions/{name}")
-    return result.rows
 
 
 # ------------------------------------------------------------------------------------------------
@@ -395,17 +450,15 @@ def rank_threshold_effect(srank: np.ndarray, ret: np.ndarray, q: float, permutat
             "n_high": int(high.sum()), "n": int(len(srank))}
 
 
-# ------------------------------------------------------------------------------------------------
 # Final values of every run, from metrics.csv
 # ------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Runs:
-    """One entry per (environment, configuration, seed) of one agent, final values."""
+    """One entry per (environment, configuration, seed) of the design, final values."""
 
     env: np.ndarray  # (runs,) environment ids
-    config: np.ndarray  # (runs,) labels
     treated: np.ndarray  # (runs, factors) bool
     srank: np.ndarray
     ret: np.ndarray  # final evaluation return
@@ -417,8 +470,8 @@ class Runs:
 
 def normaliser(m: C.Metrics, env: str) -> tuple[float, float]:
     """(random policy return, behaviour return) of an environment."""
-    low = m.values("value", env=env, agent="random", metric="return")[0]
-    high = m.values("value", env=env, agent="behaviour", metric="return")[0]
+    low = m.value[m.mask(env=env, agent="random", metric="return")][0]
+    high = m.value[m.mask(env=env, agent="behaviour", metric="return")][0]
     if not high > low:
         print(f"warning: {env}: the data's episodes return {high:.3g}, a random policy {low:.3g}; the "
               "normalised return is undefined (NaN) there, and so are its Table 1 rows", file=sys.stderr)
@@ -432,25 +485,31 @@ def normalise(ret: np.ndarray, low: float, high: float) -> np.ndarray:
     return (ret - low) / (high - low) if high > low else np.full_like(ret, np.nan)
 
 
-def final_runs(m: C.Metrics, cfg: Config, agent: str = "dqn") -> Runs:
+def configurations(m: C.Metrics, fs: tuple[Factor, ...], **where) -> list[dict[str, Any]]:
+    """The distinct settings (one dict of factor values each) of the runs matching ``where``."""
+    idx = m.mask(**where)
+    keys = [f.key for f in fs]
+    return [dict(zip(keys, values)) for values in dict.fromkeys(zip(*(m.data[k][idx].tolist() for k in keys)))]
+
+
+def final_runs(m: C.Metrics, cfg: Config) -> Runs:
     fs = factors(cfg)
-    cols: dict[str, list] = {k: [] for k in ("env", "config", "treated", "srank", "ret", "norm_ret")}
-    for env in m.values("env", agent=agent):
+    cols: dict[str, list] = {k: [] for k in ("env", "treated", "srank", "ret", "norm_ret")}
+    for env in m.values("env", study="design"):
         low, high = normaliser(m, env)
-        for config in m.values("config", env=env, agent=agent):
-            srank = m.final(env=env, agent=agent, config=config, metric="srank")
-            ret = m.final(env=env, agent=agent, config=config, metric="return")
+        for setting in configurations(m, fs, env=env, study="design"):
+            srank = m.last(env=env, study="design", metric="srank", **setting)
+            ret = m.last(env=env, study="design", metric="return", **setting)
             cols["env"] += [env] * len(srank)
-            cols["config"] += [config] * len(srank)
-            cols["treated"] += [treated_bits(fs, config)] * len(srank)
+            cols["treated"] += [treated_bits(fs, setting)] * len(srank)
             cols["srank"] += list(srank)
             cols["ret"] += list(ret)
             cols["norm_ret"] += list(normalise(ret, low, high))
-    return Runs(*(np.asarray(cols[k]) for k in ("env", "config", "treated", "srank", "ret", "norm_ret")))
+    return Runs(*(np.asarray(cols[k]) for k in ("env", "treated", "srank", "ret", "norm_ret")))
 
 
 # ------------------------------------------------------------------------------------------------
-# Tables 3 and 1 (CSV and Markdown)
+# Tables 3 and 1 (CSV and Markdown), written by analyse() from metrics.csv
 # ------------------------------------------------------------------------------------------------
 
 
@@ -487,9 +546,9 @@ def pair_rows(runs: Runs, cfg: Config) -> list[dict]:
         sub = runs.where(both | neither)
         joint, joint_se = average_treatment_effect(sub.srank, sub.treated[:, i])
         inter, inter_se = interaction_effect(runs.srank, runs.treated[:, i], runs.treated[:, j])
-        rows.append({"a": fs[i].key, "b": fs[j].key, "joint_ate": joint, "joint_se": joint_se,
+        rows.append({"a": SHORT[fs[i].key], "b": SHORT[fs[j].key], "joint_ate": joint, "joint_se": joint_se,
                      "interaction": inter, "interaction_se": inter_se,
-                     "aliased_with": " ".join(f"{fs[p].key}×{fs[q].key}" for p, q in aliases[(i, j)])})
+                     "aliased_with": " ".join(f"{SHORT[fs[p].key]}×{SHORT[fs[q].key]}" for p, q in aliases[(i, j)])})
     return rows
 
 
@@ -525,7 +584,10 @@ def write_table(out: Path, name: str, rows: list[dict], title: str) -> str:
     return text
 
 
-def write_tables(runs: Runs, cfg: Config, out: Path) -> None:
+
+def analyse(m: C.Metrics, cfg: Config, out: Path) -> None:
+    """Tables 3 and 1 and the Fig. 8 pair effects, as CSV and Markdown."""
+    runs = final_runs(m, cfg)
     dropped = int((~np.isfinite(runs.srank)).sum())
     note = (f"{len(runs.env)} runs, final values; standard errors sqrt(s1^2/n1 + s0^2/n0); "
             f"design: {cfg.design} factorial" + (f"; {dropped} diverged runs left out" if dropped else ""))
@@ -542,9 +604,8 @@ def write_tables(runs: Runs, cfg: Config, out: Path) -> None:
 
 def curl_sweep_finals(m: C.Metrics, env: str, metric: str) -> dict[float, float]:
     """Seed-mean final value of each CURL weight of the sweep."""
-    agent = "dqn_curl_sweep"
-    return {float(parse_label(c)["curl"]): float(np.nanmean(m.final(
-        env=env, agent=agent, config=c, metric=metric))) for c in m.values("config", env=env, agent=agent)}
+    return {w: float(np.nanmean(m.last(env=env, study="curl_sweep", curl_weight=w, metric=metric)))
+            for w in m.values("curl_weight", env=env, study="curl_sweep")}
 
 
 def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
@@ -554,16 +615,15 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
     table1 = threshold_rows(runs, cfg)
     at_median = {(r["env"], r["type"]): r for r in table1 if r["quantile"] == 0.5}
     envs = list(dict.fromkeys(runs.env))
-    short = lambda e: e.split("/")[-1]
     # A test that could not be run (srank ties leave no run above the threshold: p is NaN) counts
     # against the claim, not as "not significant".
     relu, tanh = ({e: at_median[(e, t)] for e in envs} for t in ("ReLU", "Tanh"))
     held2 = all(relu[e]["ate"] > 0 and relu[e]["p"] < 0.05 and np.isfinite(tanh[e]["p"]) and tanh[e]["p"] >= 0.05
                 for e in envs)
-    pvalues = "; ".join(f"{short(r['env'])} {r['type']} q={r['quantile']:g}: ATE {r['ate']:.3f}, p {r['p']:.3f} "
+    pvalues = "; ".join(f"{C.short_env(r['env'])} {r['type']} q={r['quantile']:g}: ATE {r['ate']:.3f}, p {r['p']:.3f} "
                         f"({r['n_high']}/{r['n']} above)" for r in table1 if r["type"] != "Combined")
     sweep = []
-    for env in m.values("env", agent="dqn_curl_sweep"):
+    for env in m.values("env", study="curl_sweep"):
         rank, ret = curl_sweep_finals(m, env, "srank"), curl_sweep_finals(m, env, "return")
         none, large = min(rank), max(rank)
         sweep.append((env, large, rank[none], rank[large], ret[none], ret[large]))
@@ -577,15 +637,17 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
                 "(one-sided permutation test); all quantiles listed", pvalues, held2),
         C.Claim("interventions.3", "A large CURL weight raises srank without raising return",
                 "CURL sweep, seed-mean final srank and return, the smallest weight (0) vs the largest",
-                "; ".join(f"{short(e)} w={w:g}: srank {a:.1f} -> {b:.1f}, return {c:.2f} -> {d:.2f}"
+                "; ".join(f"{C.short_env(e)} w={w:g}: srank {a:.1f} -> {b:.1f}, return {c:.2f} -> {d:.2f}"
                           for e, w, a, b, c, d in sweep) or "no CURL sweep was run",
                 bool(sweep) and all(b > a and d <= c for _, _, a, b, c, d in sweep)),
     ]
 
 
 # ------------------------------------------------------------------------------------------------
-# Figures
+# Figures: one function per figure
 # ------------------------------------------------------------------------------------------------
+
+ACT_COLORS = {"relu": "tab:red", "tanh": "tab:blue"}
 
 
 def scatter_with_correlations(ax, x: np.ndarray, y: np.ndarray, color, label: str) -> None:
@@ -594,46 +656,45 @@ def scatter_with_correlations(ax, x: np.ndarray, y: np.ndarray, color, label: st
                label=f"{label}: Pearson {C.pearson(x, y):.2f}, Spearman {C.spearman(x, y):.2f} (n={keep.sum()})")
 
 
-def evaluation_points(m: C.Metrics, env: str, configs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(srank, return) at every evaluation after the start, of every seed of these configs."""
+def evaluation_points(m: C.Metrics, env: str, settings: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(srank, return) at every evaluation after the start, of every seed of these configurations."""
     srank, ret = [], []
-    for c in configs:
-        steps, r = m.curves(env=env, agent="dqn", config=c, metric="return")
+    for setting in settings:
+        where = dict(env=env, study="design", **setting)
+        steps, r = m.curves(metric="return", **where)
         for step, value in zip(steps[1:], r[:, 1:].T):
-            srank += list(m.at_step(int(step), env=env, agent="dqn", config=c, metric="srank"))
+            srank += list(m.at_step(int(step), metric="srank", **where))
             ret += list(value)
     return np.asarray(srank), np.asarray(ret)
 
 
-def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
-    runs = final_runs(m, cfg)
-    write_tables(runs, cfg, out)
-    plt = C.plot_setup()
-    fs, envs = factors(cfg), list(dict.fromkeys(runs.env))
-    colors = {"relu": "tab:red", "tanh": "tab:blue"}
-
-    # Fig. 1: every evaluation point; a narrow setting (ReLU at the control learning rate and
-    # target period) against the whole sweep.
+def plot_rank_vs_return_sweep(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
+    """Fig. 1: every evaluation point; a narrow setting (ReLU at the control learning rate and
+    target period) against the whole sweep."""
+    fs = factors(cfg)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
-    for env in envs:
+    for env in m.values("env", study="design"):
         low, high = normaliser(m, env)
-        configs = m.values("config", env=env, agent="dqn")
-        narrow = [c for c in configs if not treated_bits(fs, c)[[0, 1, 2]].any()]
-        for ax, subset, name in ((axes[0, 0], narrow, "ReLU, control lr and target"), (axes[0, 1], configs, "all")):
+        settings = configurations(m, fs, env=env, study="design")
+        narrow = [s for s in settings if not treated_bits(fs, s)[[0, 1, 2]].any()]
+        for ax, subset, name in ((axes[0, 0], narrow, "ReLU, control lr and target"), (axes[0, 1], settings, "all")):
             s, r = evaluation_points(m, env, subset)
-            scatter_with_correlations(ax, s, normalise(r, low, high), None, f"{env.split('/')[-1]} ({name})")
+            scatter_with_correlations(ax, s, normalise(r, low, high), None, f"{C.short_env(env)} ({name})")
     for ax, title in zip(axes[0], ("narrow setting", "whole sweep")):
         ax.set(xlabel="srank", ylabel="normalised return", title=title)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.suptitle("Fig. 1: srank vs return at every evaluation after the start")
     C.save_figure(fig, out, "fig01_rank_vs_return_sweep")
 
-    # Fig. 7: final values per run, per activation and combined.
+
+def plot_rank_vs_return_activation(plt, runs: Runs, out: Path) -> None:
+    """Fig. 7: final values per run, per activation and combined."""
+    envs = list(dict.fromkeys(runs.env))
     fig, axes = plt.subplots(1, len(envs), figsize=(5.2 * len(envs), 4), squeeze=False)
     for ax, env in zip(axes[0], envs):
         sub = runs.where(runs.env == env)
         for act, keep in (("relu", ~sub.treated[:, 0]), ("tanh", sub.treated[:, 0])):
-            scatter_with_correlations(ax, sub.srank[keep], sub.norm_ret[keep], colors[act], act)
+            scatter_with_correlations(ax, sub.srank[keep], sub.norm_ret[keep], ACT_COLORS[act], act)
         ax.plot([], [], " ", label=f"combined: Pearson {C.pearson(sub.srank, sub.norm_ret):.2f}, "
                 f"Spearman {C.spearman(sub.srank, sub.norm_ret):.2f}")
         ax.set(title=env, xlabel="final srank", ylabel="final normalised return")
@@ -641,9 +702,12 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
     fig.suptitle("Fig. 7: final srank vs return of every run of the design, per activation")
     C.save_figure(fig, out, "fig07_rank_vs_return_activation")
 
-    # Fig. 8: pairs. Joint effect (both vs neither) and interaction, pooled over games.
-    pairs = pair_rows(runs, cfg)
-    effects = effect_rows(runs, cfg)
+
+def plot_pairs(plt, runs: Runs, cfg: Config, out: Path) -> None:
+    """Fig. 8: pairs. Joint effect (both vs neither) and interaction, pooled over games."""
+    fs = factors(cfg)
+    names = [SHORT[f.key] for f in fs]
+    pairs, effects = pair_rows(runs, cfg), effect_rows(runs, cfg)
     k = len(fs)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), layout="constrained")
     for ax, key, se_key, title in (
@@ -653,7 +717,7 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
         grid, err = np.full((k, k), np.nan), np.full((k, k), np.nan)
         alias = np.full((k, k), "", dtype=object)
         for r in pairs:
-            i, j = [f.key for f in fs].index(r["a"]), [f.key for f in fs].index(r["b"])
+            i, j = names.index(r["a"]), names.index(r["b"])
             grid[i, j] = grid[j, i] = r[key]
             err[i, j] = err[j, i] = r[se_key]
             if key == "interaction" and r["aliased_with"]:
@@ -667,8 +731,8 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.1f}\n±{err[i, j]:.1f}{alias[i, j]}", ha="center", va="center",
                         fontsize=6 if alias[i, j] else 6.5, color="white" if abs(grid[i, j]) > 0.6 * bound else "black")
-        ax.set_xticks(range(k), [f.key for f in fs], fontsize=7)
-        ax.set_yticks(range(k), [f"{f.key}: {fmt(f.control)}→{fmt(f.treatment)}" for f in fs], fontsize=7)
+        ax.set_xticks(range(k), names, fontsize=7)
+        ax.set_yticks(range(k), [f"{SHORT[f.key]}: {fmt(f.control)}→{fmt(f.treatment)}" for f in fs], fontsize=7)
         ax.set_title(title)
         ax.grid(False)
         fig.colorbar(image, ax=ax, shrink=0.8, label="Δ final srank")
@@ -678,41 +742,41 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
                  + ")")
     C.save_figure(fig, out, "fig08_ate_pairs")
 
-    # Fig. 16: the CURL weight sweep.
-    sweep_envs = m.values("env", agent="dqn_curl_sweep")
-    if sweep_envs:
-        fig, axes = plt.subplots(2, len(sweep_envs), figsize=(5 * len(sweep_envs), 6), squeeze=False, sharex="col")
-        for j, env in enumerate(sweep_envs):
-            configs = sorted(m.values("config", env=env, agent="dqn_curl_sweep"),
-                             key=lambda c: float(parse_label(c)["curl"]))
-            shades = plt.cm.viridis(np.linspace(0, 0.9, len(configs)))
-            for c, color in zip(configs, shades):
-                weight = parse_label(c)["curl"]
-                for i, metric in enumerate(("srank", "return")):
-                    C.plot_band(axes[i, j], *m.curves(env=env, agent="dqn_curl_sweep", config=c, metric=metric),
-                                f"CURL weight {weight}" if i == 0 else None, color)
-            axes[0, j].set(title=env, ylabel="srank")
-            axes[1, j].set(ylabel="evaluation return", xlabel="gradient steps")
-            axes[0, j].legend()
-        fig.suptitle(f"Fig. 16: CURL weight in the control setting "
-                     f"({C.seeds_note(m, env=sweep_envs[0], agent='dqn_curl_sweep')})")
-        C.save_figure(fig, out, "fig16_curl_weights")
 
-    # Fig. 27: SAM against no SAM along training, per activation, over the runs of the design.
+def plot_curl_sweep(plt, m: C.Metrics, out: Path) -> None:
+    """Fig. 16: the CURL weight sweep."""
+    envs = m.values("env", study="curl_sweep")
     fig, axes = plt.subplots(2, len(envs), figsize=(5 * len(envs), 6), squeeze=False, sharex="col")
     for j, env in enumerate(envs):
-        configs = m.values("config", env=env, agent="dqn")
-        for act in (0, 1):
-            for sam in (0, 1):
-                chosen = [c for c in configs if treated_bits(fs, c)[0] == act and treated_bits(fs, c)[3] == sam]
+        weights = sorted(m.values("curl_weight", env=env, study="curl_sweep"))
+        for w, color in zip(weights, plt.cm.viridis(np.linspace(0, 0.9, len(weights)))):
+            for i, metric in enumerate(("srank", "return")):
+                C.plot_band(axes[i, j], *m.curves(env=env, study="curl_sweep", curl_weight=w, metric=metric),
+                            f"CURL weight {w:g}" if i == 0 else None, color)
+        axes[0, j].set(title=env, ylabel="srank")
+        axes[1, j].set(ylabel="evaluation return", xlabel="gradient steps")
+        axes[0, j].legend()
+    fig.suptitle(f"Fig. 16: CURL weight in the control setting ({C.seeds_note(m, env=envs[0], study='curl_sweep')})")
+    C.save_figure(fig, out, "fig16_curl_weights")
+
+
+def plot_sam(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
+    """Fig. 27: SAM against no SAM along training, per activation, over the runs of the design."""
+    fs = factors(cfg)
+    envs = m.values("env", study="design")
+    fig, axes = plt.subplots(2, len(envs), figsize=(5 * len(envs), 6), squeeze=False, sharex="col")
+    for j, env in enumerate(envs):
+        settings = configurations(m, fs, env=env, study="design")
+        for act in (fs[0].control, fs[0].treatment):
+            for rho in (0.0, fs[3].treatment):
+                chosen = [s for s in settings if s["activation"] == act and s["sam_rho"] == rho]
                 if not chosen:
                     continue
-                label = f"{fs[0].treatment if act else fs[0].control}, SAM {fmt(fs[3].treatment if sam else 0.0)}"
                 for i, metric in enumerate(("srank", "return")):
-                    steps = m.curves(env=env, agent="dqn", config=chosen[0], metric=metric)[0]
-                    grid = np.concatenate([m.curves(env=env, agent="dqn", config=c, metric=metric)[1] for c in chosen])
-                    C.plot_band(axes[i, j], steps, grid, label if i == 0 else None,
-                                colors[fs[0].treatment if act else fs[0].control], ls="-" if sam else "--")
+                    steps = m.curves(env=env, study="design", metric=metric, **chosen[0])[0]
+                    grid = np.concatenate([m.curves(env=env, study="design", metric=metric, **s)[1] for s in chosen])
+                    C.plot_band(axes[i, j], steps, grid, f"{act}, SAM {fmt(rho)}" if i == 0 else None,
+                                ACT_COLORS[act], ls="-" if rho else "--")
         axes[0, j].set(title=env, ylabel="srank")
         axes[1, j].set(ylabel="evaluation return", xlabel="gradient steps")
         axes[0, j].legend()
@@ -720,9 +784,18 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
     C.save_figure(fig, out, "fig27_sam")
 
 
-def main(args: Args) -> None:
-    C.run_study(args, PRESETS, run=run, claims=claims, plot=plot)
+def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
+    plt = C.plot_setup()
+    runs = final_runs(m, cfg)
+    plot_rank_vs_return_sweep(plt, m, cfg, out)
+    plot_rank_vs_return_activation(plt, runs, out)
+    plot_pairs(plt, runs, cfg, out)
+    if m.has(study="curl_sweep"):
+        plot_curl_sweep(plt, m, out)
+    plot_sam(plt, m, cfg, out)
 
+
+STUDY = C.Study("exp_interventions", __doc__.split("\n\n")[0], PRESETS, run, claims, plot, analyse)
 
 if __name__ == "__main__":
-    C.cli(Args, main)
+    C.main(STUDY)

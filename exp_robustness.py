@@ -1,24 +1,21 @@
 """DQN against behaviour cloning: rank, returns, and robustness to evaluation-time input
 perturbations (Sections 7, 8.1 and 11; Figures 13, 15, 21 and 22 of Gulcehre et al. 2022).
 
+Figures: 13/15 (srank, return and dead units of offline DQN and BC, and BC at a large learning
+rate), 21 (robustness to random shifts), 22 (robustness to random scaling).
+
     make exp_robustness                       # cpu preset: MinAtar games, datasets collected locally
     python exp_robustness.py --preset paper --data-dir /data/dqn_replay   # the paper's six Atari games
     python exp_robustness.py --plot-only      # redraw from results/exp_robustness/metrics.csv
+    python exp_robustness.py --help           # every setting, with the chosen preset's value
 
-Protocol. Offline double DQN and behaviour cloning train on the same dataset with the same network
-body (BC reads the Q head as logits), plus BC at a large learning rate (Fig. 13: dead units and
-rank collapse are not unique to TD losses). After training, every agent is evaluated with its
-observations perturbed at evaluation time only (the training data stay clean):
-
-- random shift (DrQ, Yarats et al. 2020): pad by p cells replicating the edge, crop a random window;
-- random scaling: zoom by a factor drawn from [1 - s, 1 + s] about the centre.
-
-Robustness score of an agent at level sigma: (R_sigma - b) / (R_0 - b), its mean return under the
-perturbation relative to its unperturbed mean return, with b = min(0, lowest return seen in that
-environment) so that scores are non-negative where returns can be negative (the paper shifted
-IceHockey's scores for the same reason). 1 = unaffected, 0 = reduced to the floor.
-On MinAtar's 10x10 grid one cell is 10% of the image, so shifts are 1-2 cells and scalings reach
-+-40% (smaller zooms move no cell); Atari (84x84) uses the paper's pixel shifts.
+Robustness score of an agent at perturbation level sigma (the paper's equation is missing from
+its text): (R_sigma - b) / (R_0 - b), its mean return under the perturbation relative to its
+unperturbed mean return, with b = min(0, lowest return seen in that environment) so that scores
+are non-negative where returns can be negative (the paper shifted IceHockey's scores for the same
+reason). 1 = unaffected, 0 = reduced to the floor. On MinAtar's 10x10 grid one cell is 10% of the
+image, so shifts are 1-2 cells and scalings reach +-40% (smaller zooms move no cell); Atari
+(84x84) uses pixel shifts.
 """
 
 from __future__ import annotations
@@ -26,23 +23,82 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import common as C
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(C.OfflineStudyConfig):
-    perturbed_episodes: int
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Offline DQN vs behaviour cloning: rank, returns, robustness to shifted and scaled observations."""
+
+    env: tuple[str, ...]
+    """Environment ids with image observations (minatar/<game>, atari/<Game>)."""
+    seeds: int
+    """Training seeds per agent."""
     dqn_learning_rate: float
-    bc_learning_rates: tuple[float, ...]  # the default rate and a large one (Fig. 13)
+    """Adam learning rate of offline DQN."""
+    bc_learning_rates: tuple[float, ...]
+    """Adam learning rates of BC: the default one and a large one (Fig. 13)."""
+    num_steps: int
+    """Gradient steps per run."""
+    chunk_steps: int
+    """Gradient steps per compiled call; the probe metrics are taken after each."""
+    eval_every: int
+    """Gradient steps between online evaluations."""
+    eval_episodes: int
+    """Greedy evaluation episodes per member and evaluation."""
+    perturbed_episodes: int
+    """Evaluation episodes per member at each perturbation level, after training."""
     shift_levels: tuple[int, ...]
+    """Random-shift paddings, in cells or pixels (0 = unperturbed)."""
     scale_levels: tuple[float, ...]
+    """Random-scaling strengths s: zoom factors from [1 - s, 1 + s] (0 = unperturbed)."""
+    batch_size: int
+    """Minibatch size."""
+    target_update_period: int
+    """Gradient steps between target-network updates (DQN)."""
+    dataset_noise: float
+    """bsuite/MinAtar collection: probability of a random action in the behaviour policy."""
+    dataset_size: int
+    """bsuite/MinAtar collection: transitions in the dataset."""
+    early_chunk_steps: int = 0
+    """Finer chunks over the first chunk (0: none)."""
+    gamma: float = 0.99
+    """Discount (DQN)."""
+    optimizer: C.Optimizer = "adam"
+    """Optimizer."""
+    probe_size: int = 512
+    """States in the fixed probe batch."""
+    data_dir: str | None = None
+    """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
+    replay_checkpoints: tuple[int, ...] = (0,)
+    """Atari: which DQN Replay checkpoints to load."""
+
+    checkpoint_seconds: float = 60.0
+    """Wall seconds between checkpoints: a killed run resumes from the last one."""
+
+    def check(self) -> None:
+        C.require(self.checkpoint_seconds >= 0, "--checkpoint-seconds must be >= 0")
+        C.check_env_ids(self.env)
+        C.require(not any(e.startswith("bsuite/") for e in self.env),
+                  "the robustness study perturbs images: use minatar/<game> or atari/<Game> ids")
+        C.require_positive(self, "seeds", "dqn_learning_rate", "bc_learning_rates", "num_steps", "chunk_steps",
+                           "eval_every", "eval_episodes", "perturbed_episodes", "batch_size", "target_update_period",
+                           "probe_size")
+        C.require(0 in self.shift_levels and 0 in self.scale_levels,
+                  "--shift-levels and --scale-levels must include 0 (the unperturbed reference)")
+        C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
+        C.require_multiple(self, "num_steps", "chunk_steps")
+        C.require_multiple(self, "eval_every", "chunk_steps")
 
 
 PRESETS = {
     # The MinAtar CNN trains at ~1,000 member-steps/s on 2 CPU cores: 4e4 steps per run (DQN 2 seeds,
-    # BC 2 rates x 2 seeds) on two games fit ~15 minutes. Batch 32, Adam, discount 0.99 as in the paper.
+    # BC 2 rates x 2 seeds) on two games fit ~15 minutes. Batch 32, Adam, discount 0.99 as in the paper;
+    # the target network is updated every 1,000 steps.
     "cpu": Config(env=("minatar/breakout", "minatar/space_invaders"), seeds=2, num_steps=40_000, chunk_steps=500,
                   eval_every=2_500, eval_episodes=8, perturbed_episodes=16, dqn_learning_rate=3e-4,
                   bc_learning_rates=(3e-4, 3e-2), batch_size=32, target_update_period=1_000, dataset_noise=0.1,
@@ -60,59 +116,96 @@ PRESETS = {
 }
 
 
+# ------------------------------------------------------------------------------------------------
+# The study's own pieces: evaluation-time perturbations
+# ------------------------------------------------------------------------------------------------
+
+
+def random_scale(key: jax.Array, obs: jax.Array, strength: float, axes: tuple[int, int] = (1, 2)) -> jax.Array:
+    """Random scaling (as in Chen et al. 2017's augmentation): zoom each image by a factor drawn
+    uniformly from [1 - strength, 1 + strength] about its centre, resampled bilinearly onto the
+    original grid (zooming in crops; zooming out fills the border with zeros, MinAtar's empty
+    cell). Shape and dtype kept (integer images are rounded back); the identity when strength is
+    0. On a 10x10 grid a factor changes pixels only once it moves the border by about half a cell."""
+    if strength == 0:
+        return obs
+    factors = jax.random.uniform(key, (obs.shape[0],), minval=1.0 - strength, maxval=1.0 + strength)
+    size = jnp.asarray([obs.shape[axes[0]], obs.shape[axes[1]]], jnp.float32)
+    dims = (axes[0] - 1, axes[1] - 1)
+
+    def zoom(image, factor):
+        scale = jnp.stack([factor, factor])
+        out = jax.image.scale_and_translate(image.astype(jnp.float32), image.shape, dims, scale,
+                                            (1.0 - scale) * size / 2, method="linear")
+        return jnp.round(out).astype(image.dtype) if jnp.issubdtype(image.dtype, jnp.integer) else out.astype(image.dtype)
+
+    return jax.vmap(zoom)(obs, factors)
+
+
 @dataclasses.dataclass(frozen=True)
-class Args(C.StudyArgs):
-    """Offline DQN vs behaviour cloning: rank, returns, robustness to shifted and scaled observations."""
+class Perturbation:
+    """An evaluation-time observation perturbation: ``kind`` (shift or scale) at ``level``."""
 
-    num_steps: int | None = None
-    """Gradient steps per run."""
-    shift_levels: tuple[int, ...] | None = None
-    """Random-shift paddings, in cells or pixels (0 = unperturbed)."""
-    scale_levels: tuple[float, ...] | None = None
-    """Random-scaling strengths s: zoom factors from [1 - s, 1 + s] (0 = unperturbed)."""
-    data_dir: str | None = None
-    """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
+    kind: str
+    level: float
+    axes: tuple[int, int]
 
-
-PERTURBATIONS = {"shift": C.random_shift, "scale": C.random_scale}
+    def __call__(self, key: jax.Array, obs: jax.Array) -> jax.Array:
+        if self.kind == "shift":
+            return C.random_shift(key, obs, int(self.level), self.axes)
+        return random_scale(key, obs, self.level, self.axes)
 
 
-def perturbed_metric(kind: str, level: float) -> str:
-    return f"return@{kind}={level:g}"
+# ------------------------------------------------------------------------------------------------
+# run(): the method
+# ------------------------------------------------------------------------------------------------
 
 
-def run(cfg: Config, out: Path) -> None:
-    C.check_env_ids(cfg.env)
-    if any(e.startswith("bsuite/") for e in cfg.env):
-        raise ValueError("the robustness study perturbs images: use minatar/<game> or atari/<Game> ids")
+def run(cfg: Config, out: Path, timings: C.Timings) -> None:
+    """Per environment: one dataset; offline double DQN (Huber TD loss, target network) and
+    behaviour cloning (cross-entropy of the logged action, the same network's Q head read as
+    logits) train on it, DQN at one learning rate, BC at the default and a large one, seeds
+    vmapped. Every chunk the probe metrics, every ``eval_every`` steps the greedy return. After
+    training each agent is evaluated with its observations perturbed at every level (the
+    training data stay clean)."""
     rows = []
     for env_id in cfg.env:
-        ds = cfg.dataset(env_id)
-        net = C.default_network(env_id, ds.num_actions)
+        with timings("collect"):
+            ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
+                                   data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
+        net = C.default_network(env_id, ds.num_actions, activation="relu")
+        train = C.TrainConfig(num_steps=cfg.num_steps, chunk_steps=cfg.chunk_steps,
+                              early_chunk_steps=cfg.early_chunk_steps, batch_size=cfg.batch_size,
+                              optimizer=cfg.optimizer, target_update_period=cfg.target_update_period,
+                              probe_size=cfg.probe_size, eval_every=cfg.eval_every,
+                              checkpoint_seconds=cfg.checkpoint_seconds)
         agents = {
-            "dqn": [C.Member(s, cfg.dqn_learning_rate, f"lr={cfg.dqn_learning_rate:g}") for s in range(cfg.seeds)],
-            "bc": [C.Member(s, lr, f"lr={lr:g}") for s in range(cfg.seeds) for lr in cfg.bc_learning_rates],
+            "dqn": (C.DoubleDQN(gamma=cfg.gamma, clip_rewards=env_id.startswith("atari/")), [cfg.dqn_learning_rate]),
+            "bc": (C.BehaviourCloning(), list(cfg.bc_learning_rates)),
         }
-        for agent, members in agents.items():
-            result = C.train_offline(net, ds, cfg.train_config("double_dqn" if agent == "dqn" else "bc"), members,
-                                     env_id=env_id, agent=agent, evaluate_fn=cfg.evaluator(net, env_id),
-                                     checkpoint_dir=out / "checkpoints", run_name="exp_robustness")
+        for agent, (loss, rates) in agents.items():
+            members = [C.Member(seed=s, learning_rate=lr, columns={"lr": lr}) for s in range(cfg.seeds) for lr in rates]
+            columns = {"study": "robustness", "env": env_id, "agent": agent}
+            result = C.train_offline(net, ds, loss, members, train, evaluate=C.Evaluator(env_id, cfg.eval_episodes),
+                                     columns=columns, checkpoints=out / "checkpoints", timings=timings)
             rows += result.rows
-            rows += perturbed_returns(cfg, env_id, net, agent, members, result.state.params)
+            with timings("evaluate"):
+                rows += perturbed_returns(cfg, env_id, net, columns, members, result.state.params)
     C.write_metrics(out, rows)
 
 
-def perturbed_returns(cfg: Config, env_id: str, net, agent: str, members, params) -> list[dict]:
-    """Mean return of every member under each perturbation and level (evaluation time only)."""
+def perturbed_returns(cfg: Config, env_id: str, net, columns: dict, members, params) -> list[dict]:
+    """Mean return of every member under each perturbation and level (evaluation time only),
+    as rows of the metric ``return_perturbed`` with the typed columns ``perturbation`` and ``level``."""
     rows = []
-    axes = C.image_axes(env_id)
     for kind, levels in (("shift", cfg.shift_levels), ("scale", cfg.scale_levels)):
         for level in levels:
-            perturb = PERTURBATIONS[kind]
-            returns = C.evaluate_policies(net, params, env_id, cfg.perturbed_episodes, seed=20_000,
-                                          obs_transform=lambda key, obs: perturb(key, obs, level, axes)).mean(axis=1)
-            rows += [{"env": env_id, "agent": agent, "config": m.config, "seed": m.seed, "step": cfg.num_steps,
-                      "metric": perturbed_metric(kind, level), "value": float(r)} for m, r in zip(members, returns)]
+            evaluate = C.Evaluator(env_id, cfg.perturbed_episodes, seed=C.PERTURBED_EVAL_SEED,
+                                   transform=Perturbation(kind, level, C.image_axes(env_id)))
+            returns = evaluate(net, params)["return"]
+            rows += [{**columns, **m.columns, "seed": m.seed, "perturbation": kind, "level": float(level),
+                      "step": cfg.num_steps, "metric": "return_perturbed", "value": float(r)}
+                     for m, r in zip(members, returns)]
     return rows
 
 
@@ -122,36 +215,30 @@ def perturbed_returns(cfg: Config, env_id: str, net, agent: str, members, params
 
 
 def levels(m: C.Metrics, kind: str) -> list[float]:
-    prefix = f"return@{kind}="
-    return sorted({float(r["metric"][len(prefix):]) for r in m.rows if r["metric"].startswith(prefix)})
+    return sorted(m.values("level", perturbation=kind))
 
 
-def robustness(m: C.Metrics, env: str, agent: str, config: str, kind: str) -> tuple[list[float], np.ndarray]:
+def robustness(m: C.Metrics, env: str, agent: str, lr: float, kind: str) -> tuple[list[float], np.ndarray]:
     """(levels, scores[seed, level]): (R_level - b) / (R_0 - b) per seed, b = min(0, lowest return)."""
-    env_returns = [r["value"] for r in m.select(env=env) if r["metric"].startswith("return")]
+    env_returns = m.value[np.concatenate([m.mask(env=env, metric="return"), m.mask(env=env, metric="return_perturbed")])]
     floor = min(0.0, float(np.nanmin(env_returns)))
     lv = levels(m, kind)
-    returns = np.stack([m.final(env=env, agent=agent, config=config, metric=perturbed_metric(kind, x)) for x in lv],
-                       axis=1)
+    returns = np.stack([m.last(env=env, agent=agent, lr=lr, perturbation=kind, level=x, metric="return_perturbed")
+                        for x in lv], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         scores = (returns - floor) / (returns[:, :1] - floor)
     return lv, np.where(np.isfinite(scores), scores, np.nan)
 
 
-def default_bc_config(m: C.Metrics, env: str) -> str:
-    return min(m.values("config", env=env, agent="bc"), key=lambda c: float(c.split("=")[1]))
-
-
 def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
     envs = m.values("env")
-    short = lambda e: e.split("/")[-1]
     rank, ret, robust = {}, {}, {"shift": {}, "scale": {}}
     for env in envs:
-        dqn, bc = m.values("config", env=env, agent="dqn")[0], default_bc_config(m, env)
-        rank[env] = (np.nanmean(m.final(env=env, agent="bc", config=bc, metric="srank")),
-                     np.nanmean(m.final(env=env, agent="dqn", config=dqn, metric="srank")))
-        ret[env] = (np.nanmean(m.final(env=env, agent="dqn", config=dqn, metric="return")),
-                    np.nanmean(m.final(env=env, agent="bc", config=bc, metric="return")))
+        dqn, bc = m.values("lr", env=env, agent="dqn")[0], min(m.values("lr", env=env, agent="bc"))
+        rank[env] = (np.nanmean(m.last(env=env, agent="bc", lr=bc, metric="srank")),
+                     np.nanmean(m.last(env=env, agent="dqn", lr=dqn, metric="srank")))
+        ret[env] = (np.nanmean(m.last(env=env, agent="dqn", lr=dqn, metric="return")),
+                    np.nanmean(m.last(env=env, agent="bc", lr=bc, metric="return")))
         for kind in robust:
             _, d = robustness(m, env, "dqn", dqn, kind)
             _, b = robustness(m, env, "bc", bc, kind)
@@ -160,14 +247,14 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
     majority = lambda d: all(w > n / 2 for w, n in d.values())
     return [
         C.Claim("robustness.1", "BC's final srank is higher than DQN's", "seed-mean final srank, BC vs DQN, per env",
-                "; ".join(f"{short(e)}: {a:.1f} vs {b:.1f}" for e, (a, b) in rank.items()),
+                "; ".join(f"{C.short_env(e)}: {a:.1f} vs {b:.1f}" for e, (a, b) in rank.items()),
                 all(a > b for a, b in rank.values())),
         C.Claim("robustness.2", "DQN's final return is at least BC's", "seed-mean final return, DQN vs BC, per env",
-                "; ".join(f"{short(e)}: {a:.2f} vs {b:.2f}" for e, (a, b) in ret.items()),
+                "; ".join(f"{C.short_env(e)}: {a:.2f} vs {b:.2f}" for e, (a, b) in ret.items()),
                 all(a >= b for a, b in ret.values())),
         C.Claim("robustness.3", "DQN's robustness score is higher than BC's for random shifts and for random scaling, "
                 "at most levels", "perturbed levels where DQN's seed-mean score beats BC's, per env",
-                "; ".join(f"{kind} {short(e)}: {w}/{n}" for kind in robust for e, (w, n) in robust[kind].items()),
+                "; ".join(f"{kind} {C.short_env(e)}: {w}/{n}" for kind in robust for e, (w, n) in robust[kind].items()),
                 majority(robust["shift"]) and majority(robust["scale"])),
     ]
 
@@ -177,48 +264,54 @@ def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
 # ------------------------------------------------------------------------------------------------
 
 
-def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
-    plt = C.plot_setup()
-    envs = m.values("env")
-    note = C.seeds_note(m, env=envs[0], agent="dqn")
-    runs = lambda env: [("dqn", c) for c in m.values("config", env=env, agent="dqn")] + \
-                       [("bc", c) for c in m.values("config", env=env, agent="bc")]
+def agents_of(m: C.Metrics, env: str) -> list[tuple[str, float]]:
+    return [("dqn", lr) for lr in m.values("lr", env=env, agent="dqn")] + \
+           [("bc", lr) for lr in m.values("lr", env=env, agent="bc")]
 
-    # Fig. 15 (+ Fig. 13): srank, return and dead units over training.
+
+def plot_dqn_vs_bc(plt, m: C.Metrics, out: Path) -> None:
+    """Fig. 13/15: srank, return and dead units over training."""
+    envs = m.values("env")
     fig, axes = plt.subplots(3, len(envs), figsize=(4.4 * len(envs), 8), squeeze=False, sharex="col")
     for j, env in enumerate(envs):
-        for agent, config in runs(env):
-            label = f"{'DQN' if agent == 'dqn' else 'BC'} {config}"
+        for agent, lr in agents_of(m, env):
             for i, metric in enumerate(("srank", "return", "dead_units")):
-                C.plot_band(axes[i, j], *m.curves(env=env, agent=agent, config=config, metric=metric),
-                            label if i == 0 else None, ls="-" if agent == "dqn" else "--")
+                C.plot_band(axes[i, j], *m.curves(env=env, agent=agent, lr=lr, metric=metric),
+                            f"{agent.upper()} lr={lr:g}" if i == 0 else None, ls="-" if agent == "dqn" else "--")
         axes[0, j].set(title=env, ylabel="srank")
         axes[1, j].set(ylabel="evaluation return")
         axes[2, j].set(ylabel="dead units", xlabel="gradient steps")
     axes[0, 0].legend()
-    fig.suptitle(f"Fig. 13/15: offline DQN and behaviour cloning on the same data ({note})")
+    fig.suptitle(f"Fig. 13/15: offline DQN and behaviour cloning on the same data "
+                 f"({C.seeds_note(m, env=envs[0], agent='dqn')})")
     C.save_figure(fig, out, "fig15_dqn_vs_bc")
 
-    # Fig. 21 / 22: robustness scores against perturbation level.
-    for kind, number, title in (("shift", 21, "random shift (cells or pixels of padding)"),
-                                ("scale", 22, "random scaling strength s (zoom in [1-s, 1+s])")):
-        fig, axes = plt.subplots(1, len(envs), figsize=(4.4 * len(envs), 3.4), squeeze=False)
-        for j, env in enumerate(envs):
-            for agent, config in runs(env):
-                lv, scores = robustness(m, env, agent, config, kind)
-                mean, err = C.mean_and_stderr(scores)
-                axes[0, j].errorbar(lv, mean, err, marker="o", ms=3, capsize=2,
-                                    ls="-" if agent == "dqn" else "--", label=f"{agent.upper()} {config}")
-            axes[0, j].axhline(1.0, color="0.6", lw=0.8, ls=":")
-            axes[0, j].set(title=env, xlabel=title, ylabel="robustness score (R_level / R_0)")
-        axes[0, 0].legend()
-        fig.suptitle(f"Fig. {number}: evaluation-time {kind} perturbations ({note})")
-        C.save_figure(fig, out, f"fig{number}_random_{kind}")
+
+def plot_robustness(plt, m: C.Metrics, out: Path, kind: str, number: int, title: str) -> None:
+    """Fig. 21 / 22: robustness scores against perturbation level."""
+    envs = m.values("env")
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.4 * len(envs), 3.4), squeeze=False)
+    for j, env in enumerate(envs):
+        for agent, lr in agents_of(m, env):
+            lv, scores = robustness(m, env, agent, lr, kind)
+            mean, err = C.mean_and_stderr(scores)
+            axes[0, j].errorbar(lv, mean, err, marker="o", ms=3, capsize=2, ls="-" if agent == "dqn" else "--",
+                                label=f"{agent.upper()} lr={lr:g}")
+        axes[0, j].axhline(1.0, color="0.6", lw=0.8, ls=":")
+        axes[0, j].set(title=env, xlabel=title, ylabel="robustness score (R_level / R_0)")
+    axes[0, 0].legend()
+    fig.suptitle(f"Fig. {number}: evaluation-time {kind} perturbations ({C.seeds_note(m, env=envs[0], agent='dqn')})")
+    C.save_figure(fig, out, f"fig{number}_random_{kind}")
 
 
-def main(args: Args) -> None:
-    C.run_study(args, PRESETS, run=run, claims=claims, plot=plot)
+def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
+    plt = C.plot_setup()
+    plot_dqn_vs_bc(plt, m, out)
+    plot_robustness(plt, m, out, "shift", 21, "random shift (cells or pixels of padding)")
+    plot_robustness(plt, m, out, "scale", 22, "random scaling strength s (zoom in [1-s, 1+s])")
 
+
+STUDY = C.Study("exp_robustness", __doc__.split("\n\n")[0], PRESETS, run, claims, plot)
 
 if __name__ == "__main__":
-    C.cli(Args, main)
+    C.main(STUDY)

@@ -57,6 +57,11 @@ class FlaxConvMinAtarCNN(nn.Module):
         return nn.Dense(self.num_actions)(x), x
 
 
+# The paper's bsuite training settings (batch 32, Adam, target period 100 as in exp_lr_sweep's cpu preset).
+BSUITE = C.TrainConfig(num_steps=5_000, chunk_steps=5_000, batch_size=32, optimizer="adam", target_update_period=100,
+                       probe_size=512, eval_every=0)
+
+
 def synthetic_dataset(frame_shape, dtype, rows: int, num_actions: int, history: int = 1, seed: int = 0) -> C.Dataset:
     """Random transitions of the given observation shape (speed does not depend on the values)."""
     rng = np.random.default_rng(seed)
@@ -84,15 +89,17 @@ def compiled_flops(fn, *args) -> float:
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def time_chunks(net, ds, cfg: C.TrainConfig, members, repeats: int, extra_loss=None) -> tuple[float, float]:
+def time_chunks(net, ds, cfg: C.TrainConfig, members, repeats: int, loss=C.DoubleDQN(0.99),
+                gradient=C.plain_gradient) -> tuple[float, float]:
     """(seconds per chunk, FLOPs per chunk) of the trainer's compiled chunk for these members."""
-    state = C.init_members(net, ds.stacked_obs(ds.valid[:1]), members, cfg.optimizer)
+    state = C.init_learners(net, ds.stacked_obs(ds.valid[:1]), C.seed_keys(m.seed for m in members),
+                            [m.learning_rate for m in members], cfg.optimizer)
     order = ds.valid
-    settings = C.member_settings(members, len(ds), cfg)
-    sam = any(m.sam_rho > 0 for m in members)
-    fn = C.make_chunk_fn(net, cfg, cfg.chunk_steps, extra_loss, sam)
+    settings = C.member_settings(members, cfg, len(ds))
+    fn = C.make_chunk_fn(net, loss, gradient, cfg.optimizer, cfg.batch_size, cfg.chunk_steps)
     # XLA's cost analysis counts a loop body once, so FLOPs per step come from a one-step chunk.
-    flops = compiled_flops(C.make_chunk_fn(net, cfg, 1, extra_loss, sam), state, ds, order, settings) * cfg.chunk_steps
+    one_step = C.make_chunk_fn(net, loss, gradient, cfg.optimizer, cfg.batch_size, 1)
+    flops = compiled_flops(one_step, state, ds, order, settings) * cfg.chunk_steps
     state, loss, _ = fn(state, ds, order, settings)  # compile and warm up
     loss.block_until_ready()
     start = time.perf_counter()
@@ -112,7 +119,7 @@ def time_step_loop(net, ds, cfg: C.TrainConfig, steps: int) -> float:
 
     @jax.jit
     def update(params, target, opt_state, batch):
-        grads = jax.grad(lambda p: C.agent_loss("double_dqn", net.apply, p, target, batch, cfg.gamma)[0])(params)
+        grads = jax.grad(lambda p: C.DoubleDQN(0.99)(net.apply, p, target, batch, {}, None)[0])(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return jax.tree_util.tree_map(lambda p, u: p + u, params, updates), opt_state
 
@@ -148,22 +155,24 @@ def paper_rows(peak: float, scale: float) -> list[dict]:
     rows = []
     steps = max(2, int(100 * scale))
     atari = synthetic_dataset((84, 84), np.uint8, 20_000, 18, history=4)
-    cfg = C.TrainConfig(batch_size=256, chunk_steps=steps, num_steps=steps, eval_every=0, target_update_period=2_500)
-    seconds, flops = time_chunks(C.NatureCNN(18), atari, cfg, [C.Member(0, 3e-5, "x")], repeats=3)
+    cfg = dataclasses.replace(BSUITE, batch_size=256, chunk_steps=steps, num_steps=steps, target_update_period=2_500)
+    seconds, flops = time_chunks(C.NatureCNN(18), atari, cfg, [C.Member(0, 3e-5)], repeats=3,
+                                 loss=C.DoubleDQN(0.99, clip_rewards=True))
     rows.append(row("paper_atari_dqn_b256", steps / seconds, flops / steps, peak))
     # One program of exp_interventions' paper preset: 16 configurations of one (activation, SAM)
     # group of the full design, CURL compiled in (weight 0 or 0.001 per member).
     net = E.CURLNetwork(C.NatureCNN(18))
-    curl = E.curl_loss(net, 4, (2, 3))
+    curl = E.TDWithCURL(C.DoubleDQN(0.99, clip_rewards=True), 4, (2, 3))
     for sam in (0.0, 0.05):
-        members = [C.Member(i, 3e-5, "x", sam_rho=sam, extra_weight=1e-3 * (i % 2)) for i in range(16)]
-        seconds, flops = time_chunks(net, atari, cfg, members, repeats=2, extra_loss=curl)
+        members = [C.Member(i, 3e-5, settings={"sam_rho": sam, "curl_weight": 1e-3 * (i % 2)}) for i in range(16)]
+        seconds, flops = time_chunks(net, atari, cfg, members, repeats=2, loss=curl,
+                                     gradient=E.sam_gradient if sam else C.plain_gradient)
         rows.append(row(f"paper_interventions_16_members_curl{'_sam' if sam else ''}", 16 * steps / seconds,
                         flops / (16 * steps), peak, members=16))
     # exp_lr_sweep's paper preset on bsuite: 12 learning rates x 5 seeds as one program.
     catch = synthetic_dataset((10, 5), np.float32, 50_000, 3)
-    cfg = C.TrainConfig(chunk_steps=int(5_000 * scale), num_steps=int(5_000 * scale), eval_every=0)
-    members = [C.Member(s, float(lr), "x") for s in range(5) for lr in np.geomspace(1e-5, 1e-1, 12)]
+    cfg = dataclasses.replace(BSUITE, chunk_steps=int(5_000 * scale), num_steps=int(5_000 * scale))
+    members = [C.Member(s, float(lr)) for s in range(5) for lr in np.geomspace(1e-5, 1e-1, 12)]
     seconds, flops = time_chunks(C.MLP(3, (64, 64)), catch, cfg, members, repeats=2)
     rows.append(row("paper_lr_sweep_60_members_mlp_b32", 60 * cfg.chunk_steps / seconds,
                     flops / (60 * cfg.chunk_steps), peak, members=60))
@@ -183,8 +192,8 @@ def main(args: Args) -> None:
     # --- the bsuite setting: 2x64 ReLU MLP, batch 32, catch-shaped data -------------------------
     catch = synthetic_dataset((10, 5), np.float32, 50_000, 3)
     mlp = C.MLP(3, (64, 64))
-    cfg = C.TrainConfig(chunk_steps=int(5_000 * scale), num_steps=int(5_000 * scale), eval_every=0)
-    one = [C.Member(0, 3e-4, "x")]
+    cfg = dataclasses.replace(BSUITE, chunk_steps=int(5_000 * scale), num_steps=int(5_000 * scale))
+    one = [C.Member(0, 3e-4)]
     seconds, flops = time_chunks(mlp, catch, cfg, one, repeats=4)
     mlp_rate = cfg.chunk_steps / seconds
     baseline = time_step_loop(mlp, catch, cfg, int(2_000 * scale))
@@ -193,7 +202,7 @@ def main(args: Args) -> None:
                     speedup_vs_step_loop=round(mlp_rate / baseline, 2)))
 
     # --- 12 learning rates as one vmapped program against 12 separate runs ----------------------
-    sweep = [C.Member(0, float(lr), f"lr={lr:g}") for lr in np.geomspace(1e-5, 1e-1, 12)]
+    sweep = [C.Member(0, float(lr)) for lr in np.geomspace(1e-5, 1e-1, 12)]
     sweep_seconds, sweep_flops = time_chunks(mlp, catch, cfg, sweep, repeats=2)
     rows.append(row("lr_sweep_12", 12 * cfg.chunk_steps / sweep_seconds, sweep_flops / (12 * cfg.chunk_steps), peak,
                     cost_vs_12_separate_runs=round(sweep_seconds / (12 * seconds), 3),

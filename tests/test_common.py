@@ -1,6 +1,7 @@
 """Unit tests of common.py: metrics and losses against hand-computed values, the trainer's
 guarantees (seeds, traced learning rates, resume, divergence), datasets and their formats."""
 
+import dataclasses
 import gzip
 import io
 import json
@@ -52,9 +53,10 @@ def test_effective_rank_matches_paper_stub_on_random_matrices():
             assert int(C.effective_rank(jnp.asarray(x, jnp.float32), delta)) == paper_stub_rank(x, delta)
 
 
-def test_effective_rank_jits_and_vmaps():
+def test_effective_rank_jits_and_maps_over_members():
     x = jnp.stack([jnp.eye(8), jnp.zeros((8, 8)), jnp.diag(jnp.array([1.0] + [0.0] * 7))])
-    assert jax.jit(jax.vmap(C.effective_rank))(x).tolist() == [8, 1, 1]
+    assert jax.jit(C.per_member(C.effective_rank))(x).tolist() == [8, 1, 1]
+    assert jax.jit(jax.vmap(C.effective_rank))(x).tolist() == [8, 1, 1]  # the same numbers, batched
 
 
 def test_dead_units_and_dormant_fraction():
@@ -100,20 +102,40 @@ def _tiny_batch(key, n=16, obs_dim=5, num_actions=3):
                    next_action=jnp.zeros(n, jnp.int32), mc_return=jnp.ones(n))
 
 
-@pytest.mark.parametrize("kind", ["double_dqn", "bve"])
-def test_gradients_reach_only_the_online_network(kind):
+@pytest.mark.parametrize("loss", [C.DoubleDQN(0.99), C.BVE(0.99)])
+def test_gradients_reach_only_the_online_network(loss):
     net = C.MLP(3, (8,))
     k_online, k_target, k_batch = jax.random.split(jax.random.key(0), 3)
     batch = _tiny_batch(k_batch)
     online, target = net.init(k_online, batch.obs), net.init(k_target, batch.obs)
-    g_online, g_target = jax.grad(lambda p, t: C.agent_loss(kind, net.apply, p, t, batch, 0.99)[0], argnums=(0, 1))(online, target)
+    g_online, g_target = jax.grad(lambda p, t: loss(net.apply, p, t, batch, {}, None)[0], argnums=(0, 1))(online, target)
     assert all(float(jnp.abs(g).sum()) == 0.0 for g in jax.tree_util.tree_leaves(g_target))
     assert sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(g_online)) > 0
 
 
-def test_unknown_loss_and_activation_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown loss"):
-        C.agent_loss("nope", None, None, None, None, 0.9)
+def test_loss_objects_hand_computed():
+    """Each loss object computes its error with the pure functions above, as documented."""
+    net = C.MLP(3, (8,))
+    batch = _tiny_batch(jax.random.key(2))
+    params, target = net.init(jax.random.key(3), batch.obs), net.init(jax.random.key(4), batch.obs)
+    q, _ = net.apply(params, batch.obs)
+    q_next, _ = net.apply(params, batch.next_obs)
+    q_target, _ = net.apply(target, batch.next_obs)
+    td = C.double_q_td_error(q, batch.action, batch.reward, 0.9 * batch.discount, q_target, q_next)
+    value, aux = C.DoubleDQN(0.9)(net.apply, params, target, batch, {}, None)
+    assert float(value) == pytest.approx(float(jnp.mean(C.huber(td))), rel=1e-5)
+    assert aux["features"].shape == (16, 8)
+    clipped = batch._replace(reward=jnp.clip(batch.reward, -1, 1))
+    assert float(C.DoubleDQN(0.9, clip_rewards=True)(net.apply, params, target, batch, {}, None)[0]) == \
+        pytest.approx(float(C.DoubleDQN(0.9)(net.apply, params, target, clipped, {}, None)[0]), rel=1e-6)
+    mc = C.MonteCarlo()(net.apply, params, target, batch, {}, None)[0]
+    assert float(mc) == pytest.approx(float(jnp.mean(C.huber(C.mc_return_error(q, batch.action, batch.mc_return)))),
+                                      rel=1e-5)
+    assert float(C.BehaviourCloning()(net.apply, params, target, batch, {}, None)[0]) == \
+        pytest.approx(float(C.bc_loss(q, batch.action)), rel=1e-5)
+
+
+def test_unknown_activation_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown activation"):
         C.activation_fn("sigmoidish")
 
@@ -208,12 +230,24 @@ def test_batch_gathers_next_rows_and_stacks_history_with_padding():
     assert float(b.mc_return[0]) == pytest.approx(1 + 0.99 + 0.99**2)
 
 
-def test_subsample_is_a_seeded_uniform_subset():
-    ds = _toy_dataset()
-    a, b = C.subsample(ds, 0.25, seed=3), C.subsample(ds, 0.25, seed=3)
-    assert len(a) == round(0.25 * len(ds)) and np.array_equal(a.valid, b.valid)
-    assert set(np.asarray(a.valid)) <= set(np.asarray(ds.valid))
-    assert not np.array_equal(a.valid, C.subsample(ds, 0.25, seed=4).valid)
+def test_returns_to_go_stop_at_cuts_that_are_not_terminations():
+    # Rows [1, 1 | 10, terminal]: a cut after row 1 (a truncation, a stream's or a checkpoint's end)
+    # ends the sum there; without the cut the first piece would borrow the next episode's reward.
+    np.testing.assert_allclose(C.returns_to_go(np.array([1.0, 1.0, 10.0]), np.array([0, 1, 1]), 0.9), [1.9, 1.0, 10.0])
+    np.testing.assert_allclose(C.returns_to_go(np.array([1.0, 1.0, 10.0]), np.array([0, 0, 1]), 0.9),
+                               [1 + 0.9 + 8.1, 1 + 9.0, 10.0])
+    ds = C.make_dataset(np.zeros((3, 1)), [0, 0, 0], [1.0, 1.0, 10.0], [0, 0, 1], [0, 2], 2, 1, gamma=0.9,
+                        cut=[False, True, False])
+    np.testing.assert_allclose(ds.mc_return, [1.9, 1.0, 10.0])
+
+
+def test_dataset_identity_follows_the_contents():
+    a, b = _toy_dataset(seed=0), _toy_dataset(seed=0)
+    assert a.ident == b.ident and a.ident
+    assert _toy_dataset(seed=1).ident != a.ident
+    noisier = C.make_dataset(np.asarray(a.obs), np.asarray(a.action), np.asarray(a.reward) + 1.0,
+                             np.asarray(a.terminal), np.asarray(a.valid), a.num_actions, 1)
+    assert noisier.ident != a.ident
 
 
 def test_collect_dataset_is_deterministic_and_cached(tmp_path, monkeypatch):
@@ -224,12 +258,23 @@ def test_collect_dataset_is_deterministic_and_cached(tmp_path, monkeypatch):
     fresh = C.collect_dataset("bsuite/catch", 0.3, 400, seed=1, cfg=cfg, data_dir=tmp_path / "other", progress=False)
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(fresh)):
         np.testing.assert_array_equal(x, y)
+    assert a.ident == fresh.ident
     monkeypatch.setattr(C, "_collect", lambda *a, **k: pytest.fail("the cache was not reused"))
     cached = C.collect_dataset("bsuite/catch", 0.3, 400, seed=1, cfg=cfg, data_dir=tmp_path, progress=False)
     np.testing.assert_array_equal(cached.obs, a.obs)
     assert a.obs.shape[0] == 400 and len(a) <= 400 and a.num_actions == 3
     # Catch episodes last 9 steps and always terminate: every row but a stream's unfinished tail is valid.
     assert len(a) >= 400 - 4 * 9
+
+
+def test_collected_returns_to_go_do_not_run_across_streams_or_truncations(tmp_path):
+    """The 4 environments' streams are concatenated; a stream's unfinished tail (and any truncated
+    step) ends its piece of episode: its return-to-go is its own reward, not the next stream's."""
+    cfg = C.CollectConfig(num_envs=4, learning_starts=10_000)
+    ds = C.collect_dataset("bsuite/catch", 1.0, 200, seed=0, cfg=cfg, data_dir=tmp_path, progress=False)
+    outside = np.setdiff1d(np.arange(ds.obs.shape[0]), np.asarray(ds.valid))
+    assert len(outside) > 0  # the streams' tails
+    np.testing.assert_array_equal(np.asarray(ds.mc_return)[outside], np.asarray(ds.reward)[outside])
 
 
 def test_collect_dataset_pads_episodes_for_histories(tmp_path):
@@ -265,7 +310,7 @@ def _write_gz_npy(path, array):
         f.write(buf.getvalue())
 
 
-def _write_dqn_replay(directory, n, episodes, invalid_range=(), history=4):
+def _write_dqn_replay(directory, n, episodes, invalid_range=(), history=4, add_count=None, last_terminal=True):
     """Writes one checkpoint in Dopamine's layout: history-1 zero transitions before each episode.
     Frame pixels hold (episode, step) so tests can see which frame landed where."""
     obs, action, reward, terminal = [], [], [], []
@@ -274,12 +319,13 @@ def _write_dqn_replay(directory, n, episodes, invalid_range=(), history=4):
             obs.append(np.zeros((84, 84), np.uint8)), action.append(0), reward.append(0.0), terminal.append(0)
         for t in range(length):
             obs.append(np.full((84, 84), 10 * (e + 1) + t, np.uint8))
-            action.append(t % 3), reward.append(float(t)), terminal.append(int(t == length - 1))
+            ends = t == length - 1 and (last_terminal or e < len(episodes) - 1)
+            action.append(t % 3), reward.append(float(t + 1)), terminal.append(int(ends))
     files = {"observation": np.stack(obs), "action": np.asarray(action, np.int32),
              "reward": np.asarray(reward, np.float32), "terminal": np.asarray(terminal, np.uint8)}
     for k, v in files.items():
         _write_gz_npy(directory / f"$store$_{k}_ckpt.{n}.gz", v)
-    _write_gz_npy(directory / f"add_count_ckpt.{n}.gz", np.asarray(len(obs)))
+    _write_gz_npy(directory / f"add_count_ckpt.{n}.gz", np.asarray(len(obs) if add_count is None else add_count))
     _write_gz_npy(directory / f"invalid_range_ckpt.{n}.gz", np.asarray(invalid_range, np.int64))
     return files
 
@@ -306,6 +352,23 @@ def test_load_dqn_replay_invalid_range_and_concatenation(tmp_path):
     assert np.asarray(ds.valid).tolist() == [3, 5, 9, 11, 16, 17, 18, 19]
 
 
+def test_dqn_replay_returns_to_go_stop_at_checkpoint_ends_and_the_write_cursor(tmp_path):
+    # Checkpoint 0 ends mid-episode (its last row is not terminal); checkpoint 1 follows it.
+    _write_dqn_replay(tmp_path, 0, episodes=[2, 3], last_terminal=False)
+    _write_dqn_replay(tmp_path, 1, episodes=[2])
+    ds = C.load_dqn_replay(tmp_path, [0, 1], num_actions=3, gamma=0.5)
+    mc, reward = np.asarray(ds.mc_return), np.asarray(ds.reward)
+    assert mc[10] == reward[10] == 3.0  # checkpoint 0's last row: 3, not 3 + 0.5 * (checkpoint 1's rows)
+    assert mc[9] == pytest.approx(2 + 0.5 * 3)
+    # A wrapped circular buffer: the cursor (add_count - 1 mod rows) is the newest row; the row
+    # after it is the oldest. Nothing carries across.
+    other = tmp_path / "wrapped"
+    other.mkdir()
+    _write_dqn_replay(other, 0, episodes=[6], add_count=9 + 4, last_terminal=False)  # 9 rows, cursor at row 3
+    ds = C.load_dqn_replay(other, [0], num_actions=3, gamma=0.5)
+    assert float(ds.mc_return[3]) == float(ds.reward[3]) == 1.0
+
+
 def test_load_dqn_replay_errors_name_the_file(tmp_path):
     with pytest.raises(C.DatasetError, match="does not exist"):
         C.load_dqn_replay(tmp_path / "nowhere", [0])
@@ -322,23 +385,29 @@ def test_load_dqn_replay_errors_name_the_file(tmp_path):
 # Offline trainer
 # ---------------------------------------------------------------------------------------------
 
-TINY = C.TrainConfig(num_steps=200, chunk_steps=50, batch_size=16, eval_every=0, target_update_period=20)
+TINY = C.TrainConfig(num_steps=200, chunk_steps=50, batch_size=16, optimizer="adam", target_update_period=20,
+                     probe_size=512, eval_every=0)
+DQN = C.DoubleDQN(gamma=0.99)
 
 
-def _train(members, cfg=TINY, **kw):
+def _train(members, cfg=TINY, loss=DQN, **kw):
     ds = _toy_dataset()
-    return C.train_offline(C.MLP(ds.num_actions, (16, 16)), ds, cfg, members, env_id="bsuite/catch", agent="dqn",
-                           progress=False, **kw)
+    return C.train_offline(C.MLP(ds.num_actions, (16, 16)), ds, loss, members, cfg, progress=False,
+                           columns={"study": "test", "env": "bsuite/catch", "agent": "dqn"}, **kw)
 
 
 def _rows(result, metric):
     return [r for r in result.rows if r["metric"] == metric]
 
 
+def _member(i, result):
+    return jax.tree_util.tree_map(lambda x: x[i], result.state.params)
+
+
 def test_seeds_differ_and_a_fixed_seed_repeats_bitwise():
-    members = [C.Member(0, 1e-3, "a"), C.Member(1, 1e-3, "a")]
+    members = [C.Member(0, 1e-3), C.Member(1, 1e-3)]
     first, again = _train(members), _train(members)
-    p0, p1 = (C.unstack(first.state.params, i) for i in range(2))
+    p0, p1 = _member(0, first), _member(1, first)
     assert not np.allclose(jax.tree_util.tree_leaves(p0)[0], jax.tree_util.tree_leaves(p1)[0])
     for x, y in zip(jax.tree_util.tree_leaves(first.state.params), jax.tree_util.tree_leaves(again.state.params)):
         np.testing.assert_array_equal(x, y)
@@ -347,131 +416,112 @@ def test_seeds_differ_and_a_fixed_seed_repeats_bitwise():
 
 
 def test_traced_learning_rate_member_equals_a_separate_run():
-    sweep = _train([C.Member(0, 1e-4, "lr=1e-4"), C.Member(0, 3e-3, "lr=3e-3")])
-    alone = _train([C.Member(0, 3e-3, "lr=3e-3")])
-    for x, y in zip(jax.tree_util.tree_leaves(C.unstack(sweep.state.params, 1)),
-                    jax.tree_util.tree_leaves(C.unstack(alone.state.params, 0))):
+    sweep = _train([C.Member(0, 1e-4), C.Member(0, 3e-3)])
+    alone = _train([C.Member(0, 3e-3)])
+    for x, y in zip(jax.tree_util.tree_leaves(_member(1, sweep)), jax.tree_util.tree_leaves(_member(0, alone))):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     # ...and the two learning rates really trained differently.
-    assert not np.allclose(jax.tree_util.tree_leaves(C.unstack(sweep.state.params, 0))[0],
-                           jax.tree_util.tree_leaves(C.unstack(sweep.state.params, 1))[0])
+    assert not np.allclose(jax.tree_util.tree_leaves(_member(0, sweep))[0], jax.tree_util.tree_leaves(_member(1, sweep))[0])
 
 
 def test_loss_falls_on_a_tiny_dataset():
-    for loss in ("bc", "double_dqn", "mc"):
-        cfg = C.TrainConfig(loss=loss, num_steps=600, chunk_steps=100, batch_size=32, eval_every=0,
-                            target_update_period=50)
+    for loss in (C.BehaviourCloning(), C.DoubleDQN(0.99), C.MonteCarlo()):
+        cfg = dataclasses.replace(TINY, num_steps=600, chunk_steps=100, batch_size=32, target_update_period=50)
         # All-terminal data make the TD target r itself, so every loss has a fixed target to fit.
         ds = _toy_dataset()
         ds = ds.replace(terminal=jnp.ones_like(ds.terminal))
-        result = C.train_offline(C.MLP(ds.num_actions, (16, 16)), ds, cfg, [C.Member(0, 3e-3, "x")],
-                                 env_id="bsuite/catch", agent=loss, progress=False)
+        result = C.train_offline(C.MLP(ds.num_actions, (16, 16)), ds, loss, [C.Member(0, 3e-3)], cfg, progress=False)
         losses = [r["value"] for r in _rows(result, "loss")]
         assert losses[-1] < 0.5 * losses[0], (loss, losses)
 
 
-def test_metrics_rows_are_tidy_and_complete():
-    result = _train([C.Member(0, 1e-3, "lr=1e-3"), C.Member(1, 1e-3, "lr=1e-3")])
-    assert set(result.rows[0]) == set(C.METRIC_COLUMNS)
+def test_metrics_rows_carry_the_run_and_member_columns():
+    result = _train([C.Member(0, 1e-3, columns={"lr": 1e-3}), C.Member(1, 1e-3, columns={"lr": 1e-3})])
+    assert set(result.rows[0]) == {"study", "env", "agent", "lr", "seed", "step", "metric", "value"}
     srank = _rows(result, "srank")
     assert sorted({r["step"] for r in srank}) == [0, 50, 100, 150, 200] and len(srank) == 10
-    assert all(1 <= r["value"] <= 16 for r in srank)
+    assert all(1 <= r["value"] <= 16 for r in srank) and all(r["lr"] == 1e-3 for r in srank)
 
 
 def test_a_diverged_member_is_marked_and_the_others_go_on(capsys):
-    result = _train([C.Member(0, 1e-3, "ok"), C.Member(0, float("nan"), "bad")])
+    result = _train([C.Member(0, 1e-3, columns={"run": "ok"}), C.Member(0, float("nan"), columns={"run": "bad"})])
     assert result.diverged == {1: 50}
     assert "diverged" in capsys.readouterr().err
-    bad = [r["value"] for r in _rows(result, "srank") if r["config"] == "bad" and r["step"] > 0]
+    bad = [r["value"] for r in _rows(result, "srank") if r["run"] == "bad" and r["step"] > 0]
     assert all(np.isnan(v) for v in bad)
-    alone = _train([C.Member(0, 1e-3, "ok")])
-    np.testing.assert_allclose(jax.tree_util.tree_leaves(C.unstack(result.state.params, 0))[0],
-                               jax.tree_util.tree_leaves(C.unstack(alone.state.params, 0))[0], rtol=1e-5, atol=1e-6)
-    assert any(r["metric"] == "diverged" and r["config"] == "bad" for r in result.rows)
-
-
-def test_interrupted_run_resumes_to_the_same_result(tmp_path):
-    members = [C.Member(0, 1e-3, "a"), C.Member(1, 3e-3, "b")]
-    cfg = C.TrainConfig(num_steps=200, chunk_steps=50, batch_size=16, eval_every=50, target_update_period=20,
-                        checkpoint_seconds=0.0)
-    reference = _train(members, cfg, evaluate_fn=lambda p: np.zeros(2))
-    calls = {"n": 0}
-
-    def interrupting_eval(params):
-        calls["n"] += 1
-        if calls["n"] == 4:  # evaluations at steps 0, 50, 100, then stop during the one at 150
-            raise KeyboardInterrupt
-        return np.zeros(2)
-
-    with pytest.raises(KeyboardInterrupt):
-        _train(members, cfg, evaluate_fn=interrupting_eval, checkpoint_dir=tmp_path)
-    resumed = _train(members, cfg, evaluate_fn=lambda p: np.zeros(2), checkpoint_dir=tmp_path)
-    assert resumed.rows == reference.rows
-    for x, y in zip(jax.tree_util.tree_leaves(reference.state.params), jax.tree_util.tree_leaves(resumed.state.params)):
-        np.testing.assert_array_equal(x, y)
-    # A finished run is not redone: the chunk function is never called.
-    again = _train(members, cfg, evaluate_fn=lambda p: pytest.fail("re-evaluated"), checkpoint_dir=tmp_path)
-    assert again.rows == reference.rows
+    alone = _train([C.Member(0, 1e-3)])
+    np.testing.assert_allclose(jax.tree_util.tree_leaves(_member(0, result))[0],
+                               jax.tree_util.tree_leaves(_member(0, alone))[0], rtol=1e-5, atol=1e-6)
+    assert any(r["metric"] == "diverged" and r["run"] == "bad" for r in result.rows)
 
 
 def test_member_data_size_restricts_sampling_to_the_order_prefix():
     ds = _toy_dataset()
     order = np.asarray(ds.valid)[::-1].copy()
-    cfg = C.TrainConfig(loss="bc", num_steps=50, chunk_steps=50, batch_size=8, eval_every=0)
+    cfg = dataclasses.replace(TINY, num_steps=50, chunk_steps=50, batch_size=8)
     net = C.MLP(ds.num_actions, (8,))
     # With data_size 1 every minibatch is the single row order[0]; BC then fits that row's action.
-    res = C.train_offline(net, ds, cfg, [C.Member(0, 1e-2, "one", data_size=1)], env_id="bsuite/catch",
-                          agent="bc", order=order, progress=False)
+    res = C.train_offline(net, ds, C.BehaviourCloning(), [C.Member(0, 1e-2, data_size=1)], cfg, order=order,
+                          progress=False)
     row = int(order[0])
-    logits, _ = net.apply(C.unstack(res.state.params, 0), ds.stacked_obs(jnp.array([row])))
+    logits, _ = net.apply(_member(0, res), ds.stacked_obs(jnp.array([row])))
     assert int(jnp.argmax(logits[0])) == int(ds.action[row])
 
 
 def test_member_target_update_periods_are_per_member():
     # Four steps: period 2 copies the online weights at step 4, period 3 last copied them at step 3.
-    cfg = C.TrainConfig(num_steps=4, chunk_steps=4, batch_size=8, eval_every=0, target_update_period=2)
-    members = [C.Member(0, 1e-2, "p2"), C.Member(0, 1e-2, "p3", target_update_period=3)]
-    result = _train(members, cfg)
-    params, target = result.state.params, result.state.target_params
-    leaf = lambda tree, i: jax.tree_util.tree_leaves(C.unstack(tree, i))[0]
-    np.testing.assert_array_equal(leaf(params, 0), leaf(target, 0))
-    assert not np.allclose(leaf(params, 1), leaf(target, 1))
+    cfg = dataclasses.replace(TINY, num_steps=4, chunk_steps=4, batch_size=8, target_update_period=2)
+    result = _train([C.Member(0, 1e-2), C.Member(0, 1e-2, target_update_period=3)], cfg)
+    leaf = lambda tree, i: jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x[i], tree))[0]
+    np.testing.assert_array_equal(leaf(result.state.params, 0), leaf(result.state.target_params, 0))
+    assert not np.allclose(leaf(result.state.params, 1), leaf(result.state.target_params, 1))
 
 
-def test_sam_gradient_hand_computed():
-    # L = 0.5 x'Ax with A = diag(1, 4) at x = (1, 1): g = (1, 4); SAM takes the gradient at
-    # x + rho g / |g| = x + rho (1, 4) / sqrt(17).
-    grad = lambda x: {"w": jnp.array([1.0, 4.0]) * x["w"]}
-    x = {"w": jnp.array([1.0, 1.0])}
-    rho = 0.5
-    got = C.sam_gradient(grad, x, grad(x), rho)["w"]
-    step = rho / np.sqrt(17.0)
-    np.testing.assert_allclose(got, [1.0 + step, 4.0 * (1.0 + 4.0 * step)], rtol=1e-6)
-    np.testing.assert_allclose(C.sam_gradient(grad, x, grad(x), 0.0)["w"], [1.0, 4.0])
+@dataclasses.dataclass(frozen=True)
+class FeaturePenalty:
+    """A test loss: double DQN plus settings["weight"] x mean squared features (how a study's
+    auxiliary loss reads a per-member setting)."""
+
+    def __call__(self, apply, params, target_params, batch, settings, key):
+        value, aux = DQN(apply, params, target_params, batch, settings, key)
+        return value + settings["weight"] * jnp.mean(aux["features"] ** 2), aux
 
 
-def test_sam_at_radius_zero_is_plain_training_and_a_radius_changes_it():
-    plain = _train([C.Member(0, 1e-3, "a")])
-    sam = _train([C.Member(0, 1e-3, "a"), C.Member(0, 1e-3, "b", sam_rho=0.05)])  # compiles SAM for both
-    leaf = lambda r, i: jax.tree_util.tree_leaves(C.unstack(r.state.params, i))[0]
-    np.testing.assert_allclose(leaf(sam, 0), leaf(plain, 0), rtol=1e-5, atol=1e-6)
-    assert not np.allclose(leaf(sam, 1), leaf(plain, 0), atol=1e-4)
-
-
-def test_extra_loss_is_weighted_per_member_and_sees_the_online_features():
-    seen = {}
-
-    def extra(params, features, target_params, batch, key):
-        seen["shape"] = features.shape  # traced once, at compile time
-        return jnp.mean(features**2)
-
-    plain = _train([C.Member(0, 1e-3, "a")])
-    weighted = _train([C.Member(0, 1e-3, "a", extra_weight=0.0), C.Member(0, 1e-3, "b", extra_weight=10.0)],
-                      extra_loss=extra)
-    assert seen["shape"] == (TINY.batch_size, 16)
-    leaf = lambda r, i: jax.tree_util.tree_leaves(C.unstack(r.state.params, i))[0]
+def test_member_settings_reach_the_loss_and_a_zero_weight_is_plain_training():
+    plain = _train([C.Member(0, 1e-3)])
+    weighted = _train([C.Member(0, 1e-3, settings={"weight": 0.0}), C.Member(0, 1e-3, settings={"weight": 10.0})],
+                      loss=FeaturePenalty())
+    leaf = lambda r, i: jax.tree_util.tree_leaves(_member(i, r))[0]
     np.testing.assert_allclose(leaf(weighted, 0), leaf(plain, 0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(leaf(weighted, 1), leaf(plain, 0), atol=1e-4)
+
+
+def test_the_gradient_rule_is_the_trainers_hook():
+    def frozen(loss_of_params, params, settings):  # a rule that never moves the parameters
+        (value, aux), grads = C.plain_gradient(loss_of_params, params, settings)
+        return (value, aux), jax.tree_util.tree_map(jnp.zeros_like, grads)
+
+    result = _train([C.Member(0, 1e-2)], gradient=frozen)
+    start = C.initial_params(C.MLP(3, (16, 16)), jnp.zeros((1, 4)), [0])
+    for a, b in zip(jax.tree_util.tree_leaves(result.state.params), jax.tree_util.tree_leaves(start)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_chunk_plan_splits_the_first_chunk():
+    cfg = dataclasses.replace(TINY, num_steps=3000, chunk_steps=1000)
+    assert C.chunk_plan(cfg) == [1000] * 3
+    assert C.chunk_plan(dataclasses.replace(cfg, early_chunk_steps=250)) == [250] * 4 + [1000] * 2
+    with pytest.raises(ValueError, match="multiple"):
+        C.chunk_plan(dataclasses.replace(cfg, num_steps=2500))
+
+
+def test_initial_params_equal_the_trainers_initial_weights():
+    net = C.MLP(3, (8, 8), "elu")
+    obs = jnp.ones((1, 5))
+    expected = C.init_learners(net, obs, C.seed_keys([0, 3, 3]), [1e-3] * 3, "adam").params
+    got = C.initial_params(net, obs, [0, 3, 3])
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,40 +544,33 @@ def test_evaluate_policies_shapes_and_transform_hook():
 
     C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0, obs_transform=spy)
     assert seen["shape"] == (8, 10, 5)
+    np.testing.assert_array_equal(C.Evaluator("bsuite/catch", 4, seed=0)(net, params)["return"], returns.mean(axis=1))
 
 
-def test_results_files_round_trip(tmp_path):
-    rows = [{"env": "bsuite/catch", "agent": "dqn", "config": "lr=1e-3", "seed": s, "step": t, "metric": "srank",
-             "value": float(s + t)} for s in (0, 1) for t in (0, 10)]
+def test_metrics_round_trip_typed_settings(tmp_path):
+    rows = [{"study": "s", "env": "bsuite/catch", "agent": "dqn", "seed": s, "lr": lr, "activation": "relu",
+             "step": t, "metric": "srank", "value": float(s + t)} for s in (0, 1) for t in (0, 10) for lr in (1.2e-05, 0.1)]
+    rows.append({"study": "s", "env": "bsuite/catch", "agent": "random", "seed": 0, "step": 0, "metric": "return",
+                 "value": float("nan")})
     C.write_metrics(tmp_path, rows)
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == ["study", "env", "agent", "seed", "lr", "activation", "step", "metric", "value"]
     m = C.Metrics(tmp_path / "metrics.csv")
-    steps, grid = m.curves(metric="srank", config="lr=1e-3")
+    assert m.values("lr", agent="dqn") == [1.2e-05, 0.1]  # exact floats, not labels
+    steps, grid = m.curves(metric="srank", lr=1.2e-05)
     assert steps.tolist() == [0, 10] and grid.tolist() == [[0, 10], [1, 11]]
+    assert m.values("lr", agent="random") == [None] and np.isnan(m.last(agent="random", metric="return")[0])
+    C.write_metrics(tmp_path, rows, "metrics.csv.gz")
+    gz = C.Metrics(tmp_path / "metrics.csv.gz")
+    assert gz.values("activation") == ["relu", None] and len(gz) == len(m)
+
+
+def test_claims_and_stderr(tmp_path):
     C.write_claims(tmp_path, [C.Claim("c1", "text", "stat", 0.5, True)])
     assert json.loads((tmp_path / "claims.json").read_text())[0]["held"] is True
     mean, err = C.mean_and_stderr(np.array([[1.0, 2.0], [3.0, 2.0]]))
     np.testing.assert_allclose(mean, [2.0, 2.0])
     np.testing.assert_allclose(err, [np.std([1, 3], ddof=1) / np.sqrt(2), 0.0])
-
-
-def test_resolve_preset_overrides_only_what_was_given():
-    import dataclasses
-
-    @dataclasses.dataclass(frozen=True)
-    class Config:
-        steps: int
-        seeds: int
-
-    @dataclasses.dataclass(frozen=True)
-    class Args:
-        preset: str = "cpu"
-        steps: int | None = None
-        seeds: int | None = None
-        out: str = "x"
-
-    presets = {"cpu": Config(10, 2), "smoke": Config(1, 1)}
-    assert C.resolve_preset(Args(), presets) == Config(10, 2)
-    assert C.resolve_preset(Args(preset="smoke", seeds=3), presets) == Config(1, 3)
 
 
 def test_correlations_hand_computed():
@@ -541,14 +584,6 @@ def test_correlations_hand_computed():
     assert C.spearman([1, 2, np.nan, 4], [4, 3, 0, 1]) == pytest.approx(-1.0)
 
 
-def test_chunk_plan_splits_the_first_chunk():
-    assert C.chunk_plan(C.TrainConfig(num_steps=3000, chunk_steps=1000, eval_every=0)) == [1000] * 3
-    plan = C.chunk_plan(C.TrainConfig(num_steps=3000, chunk_steps=1000, early_chunk_steps=250, eval_every=0))
-    assert plan == [250] * 4 + [1000] * 2
-    with pytest.raises(ValueError, match="multiple"):
-        C.chunk_plan(C.TrainConfig(num_steps=2500, chunk_steps=1000))
-
-
 def test_patch_conv_equals_flax_conv():
     x = jax.random.normal(jax.random.key(0), (3, 10, 10, 4))
     patch = C.PatchConv(16, (3, 3))
@@ -559,36 +594,14 @@ def test_patch_conv_equals_flax_conv():
     np.testing.assert_allclose(patch.apply(params, x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_initial_params_equal_the_trainers_initial_weights():
-    net = C.MLP(3, (8, 8), "elu")
-    obs = jnp.ones((1, 5))
-    members = [C.Member(seed=s, learning_rate=1e-3, config="x") for s in (0, 3, 3)]
-    expected = C.init_members(net, obs, members, "adam").params
-    got = C.initial_params(net, obs, [0, 3, 3])
-    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_kendall_tau_hand_computed():
-    assert C.kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert C.kendall_tau([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
-    # Pairs (1,2) concordant, (1,3) concordant, (2,3) discordant: (2 - 1) / 3.
-    assert C.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
-    # tau-b with a tie in x: pairs 2 concordant, 1 tied in x; denominator sqrt(2 * 3).
-    assert C.kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / np.sqrt(6))
-    assert np.isnan(C.kendall_tau([1, 1, 1], [1, 2, 3]))
-
-
 @pytest.mark.parametrize("shape, axes, dtype", [((4, 10, 10, 3), (1, 2), jnp.uint8), ((2, 4, 12, 12), (2, 3), jnp.uint8),
                                                 ((3, 10, 10, 2), (1, 2), jnp.float32)])
-def test_perturbations_keep_shape_and_dtype_and_are_identity_at_level_zero(shape, axes, dtype):
+def test_random_shift_keeps_shape_and_dtype_and_is_identity_at_zero(shape, axes, dtype):
     obs = (jax.random.uniform(jax.random.key(0), shape) * 255).astype(dtype)
     key = jax.random.key(1)
-    for transform, level in ((C.random_shift, 2), (C.random_scale, 0.5)):
-        out = jax.jit(transform, static_argnums=(2, 3))(key, obs, level, axes)
-        assert out.shape == obs.shape and out.dtype == obs.dtype
-        assert not np.array_equal(out, obs)
-        np.testing.assert_array_equal(transform(key, obs, 0 * level, axes), obs)
+    out = jax.jit(C.random_shift, static_argnums=(2, 3))(key, obs, 2, axes)
+    assert out.shape == obs.shape and out.dtype == obs.dtype and not np.array_equal(out, obs)
+    np.testing.assert_array_equal(C.random_shift(key, obs, 0, axes), obs)
 
 
 def test_random_shift_is_a_crop_of_the_edge_padded_image():
@@ -599,12 +612,9 @@ def test_random_shift_is_a_crop_of_the_edge_padded_image():
     assert any(np.array_equal(out, c) for c in crops)
 
 
-def test_random_scale_zooms_about_the_centre():
-    ones = jnp.ones((64, 10, 10, 1), jnp.uint8)
-    out = np.asarray(C.random_scale(jax.random.key(0), ones, 0.9))
-    assert np.all(out[:, 4:6, 4:6] == 1)  # the centre stays put whatever the factor
-    border_empty = out[:, 0, :, 0].sum(axis=1) == 0
-    assert 0 < border_empty.sum() < 64  # zoomed-out images gain an empty border, zoomed-in ones do not
+# ---------------------------------------------------------------------------------------------
+# The deadlock: no batched LAPACK call in any compiled program
+# ---------------------------------------------------------------------------------------------
 
 
 def lapack_batch_dims(compiled) -> list[int]:
@@ -618,15 +628,13 @@ def lapack_batch_dims(compiled) -> list[int]:
 def test_no_batched_lapack_call_in_the_initialisation_or_the_probe():
     """jaxlib 0.10's batched CPU LAPACK kernels can deadlock XLA's thread pool (C.per_member): the
     programs that run a factorisation per member must run them one member at a time."""
-    members = [C.Member(s, 1e-3, "x") for s in range(3)]
     lstm = C.RecurrentQNetwork(2, 16)
     obs = jnp.zeros((1, 4, 3))
-    init = C._init_fn(lstm, "adam")
-    keys = jnp.stack([jax.random.key_data(jax.random.key(m.seed)) for m in members])
-    dims = lapack_batch_dims(init.lower(obs, keys, jnp.ones(3)).compile())
+    keys = jnp.stack([jax.random.key_data(k) for k in C.seed_keys(range(3))])
+    dims = lapack_batch_dims(C._init_fn(lstm, "adam").lower(obs, keys, jnp.ones(3)).compile())
     assert dims and set(dims) == {0}  # the QRs of the orthogonal initialiser, unbatched
-    state = C.init_members(lstm, obs, members, "adam")
-    dims = lapack_batch_dims(C.make_probe_fn(lstm, 0.025).lower(state.params, jnp.ones((32, 4, 3))).compile())
+    state = C.init_learners(lstm, obs, C.seed_keys(range(3)), [1e-3] * 3, "adam")
+    dims = lapack_batch_dims(C.make_probe_fn(lstm).lower(state.params, jnp.ones((32, 4, 3))).compile())
     assert dims and set(dims) == {0}  # srank's SVD, unbatched
     # The check itself can fail: a vmapped SVD is a batched call.
     batched = jax.jit(jax.vmap(lambda x: C.effective_rank(x))).lower(jnp.ones((3, 8, 4))).compile()

@@ -97,13 +97,14 @@ def test_quarter_fraction_generators():
     assert E.interaction_aliases(x)[(0, 1)] == [(2, 4)]  # AB = CE
 
 
-def test_run_labels_round_trip_and_foreign_labels_are_clear_errors():
+def test_levels_round_trip_and_foreign_settings_are_clear_errors():
     fs = E.factors(CFG)
     for bits in E.fractional_factorial(6, E.GENERATORS["quarter"]).astype(bool):
-        np.testing.assert_array_equal(E.treated_bits(fs, E.run_label(E.run_levels(fs, bits))), bits)
-    assert E.run_label(E.run_levels(fs, np.zeros(6, bool))) == "act=relu lr=0.0003 target=100 sam=0 curl=0 data=1"
-    with pytest.raises(ValueError, match="lr levels"):
-        E.treated_bits(fs, "act=relu lr=0.1 target=100 sam=0 curl=0 data=1")
+        np.testing.assert_array_equal(E.treated_bits(fs, E.levels(fs, bits)), bits)
+    assert E.levels(fs, np.zeros(6, bool)) == {"activation": "relu", "lr": 3e-4, "target_period": 100, "sam_rho": 0.0,
+                                               "curl_weight": 0.0, "fraction": 1.0}
+    with pytest.raises(ValueError, match="lr = 0.1"):
+        E.treated_bits(fs, E.levels(fs, np.zeros(6, bool)) | {"lr": 0.1})
 
 
 def test_episode_returns_of_complete_episodes():
@@ -123,12 +124,10 @@ def test_normalised_return_ends_and_an_undefined_scale():
 
 
 def test_joint_effect_of_a_pair_is_the_sum_of_its_single_effects_in_the_balanced_design():
-    fs = E.factors(CFG)
     design = E.fractional_factorial(6, E.GENERATORS[CFG.design]).astype(bool)
     y = np.random.default_rng(0).normal(size=len(design)) * 10
-    runs = E.Runs(env=np.full(len(design), "bsuite/catch"), config=np.asarray([E.run_label(E.run_levels(fs, t))
-                  for t in design]), treated=design, srank=y, ret=y, norm_ret=y)
-    single = {fs[i].key: r["ate"] for i, r in enumerate(E.effect_rows(runs, CFG))}
+    runs = E.Runs(env=np.full(len(design), "bsuite/catch"), treated=design, srank=y, ret=y, norm_ret=y)
+    single = {E.SHORT[f.key]: r["ate"] for f, r in zip(E.factors(CFG), E.effect_rows(runs, CFG))}
     for r in E.pair_rows(runs, CFG):
         assert r["joint_ate"] == pytest.approx(single[r["a"]] + single[r["b"]])
 
@@ -137,12 +136,38 @@ def test_member_settings_follow_the_design_row():
     fs = E.factors(CFG)
     treated = np.array([1, 1, 1, 1, 1, 1], bool)
     m = E.member(CFG, fs, treated, seed=3, num_transitions=2_000)
-    assert m.config == E.run_label(E.run_levels(fs, treated))
-    assert (m.seed, m.learning_rate, m.target_update_period, m.sam_rho, m.extra_weight) == (
-        3, CFG.treatment_learning_rate, CFG.treatment_target_update_period, CFG.sam_rho, CFG.curl_weight)
+    assert m.columns == {k: v for k, v in E.levels(fs, treated).items() if k != "activation"}
+    assert (m.seed, m.learning_rate, m.target_update_period, m.settings) == (
+        3, CFG.treatment_learning_rate, CFG.treatment_target_update_period,
+        {"sam_rho": CFG.sam_rho, "curl_weight": CFG.curl_weight})
     assert m.data_size == max(CFG.batch_size, round(CFG.data_fraction * 2_000))
     sweep = E.member(CFG, fs, np.zeros(6, bool), seed=0, num_transitions=2_000, curl_weight=0.5)
-    assert sweep.extra_weight == 0.5 and "curl=0.5" in sweep.config and sweep.data_size == 2_000
+    assert sweep.settings["curl_weight"] == 0.5 == sweep.columns["curl_weight"] and sweep.data_size == 2_000
+
+
+def test_sam_gradient_hand_computed():
+    # L = 0.5 x'Ax with A = diag(1, 4) at x = (1, 1): g = (1, 4); SAM takes the gradient at
+    # x + rho g / |g| = x + rho (1, 4) / sqrt(17).
+    loss = lambda p: (0.5 * jnp.sum(jnp.array([1.0, 4.0]) * p["w"] ** 2), {})
+    x = {"w": jnp.array([1.0, 1.0])}
+    (value, _), got = E.sam_gradient(loss, x, {"sam_rho": 0.5})
+    step = 0.5 / np.sqrt(17.0)
+    assert float(value) == pytest.approx(2.5)
+    np.testing.assert_allclose(got["w"], [1.0 + step, 4.0 * (1.0 + 4.0 * step)], rtol=1e-6)
+    np.testing.assert_allclose(E.sam_gradient(loss, x, {"sam_rho": 0.0})[1]["w"], [1.0, 4.0])
+
+
+def test_sam_at_radius_zero_is_plain_training_and_a_radius_changes_it():
+    ds = C.make_dataset(np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32), np.arange(64) % 3,
+                        np.ones(64), (np.arange(64) % 8 == 7), np.arange(63), 3, 1)
+    cfg = C.TrainConfig(num_steps=100, chunk_steps=50, batch_size=16, optimizer="adam", target_update_period=20,
+                        probe_size=64, eval_every=0)
+    train = lambda rule, rhos: C.train_offline(C.MLP(3, (16,)), ds, C.DoubleDQN(0.99), [
+        C.Member(0, 1e-3, settings={"sam_rho": r}) for r in rhos], cfg, gradient=rule, progress=False)
+    plain, sam = train(C.plain_gradient, [0.0]), train(E.sam_gradient, [0.0, 0.05])
+    leaf = lambda r, i: jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x[i], r.state.params))[0]
+    np.testing.assert_allclose(leaf(sam, 0), leaf(plain, 0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(leaf(sam, 1), leaf(plain, 0), atol=1e-4)
 
 
 def test_curl_logits_hand_computed():
@@ -158,17 +183,20 @@ def test_curl_loss_trains_the_online_network_and_its_bilinear_map_only():
     obs = jax.random.uniform(jax.random.key(0), (6, 10, 5))
     online, target = net.init(jax.random.key(1), obs), net.init(jax.random.key(2), obs)
     batch = C.Batch(obs, jnp.zeros(6, jnp.int32), jnp.zeros(6), jnp.ones(6), obs, jnp.zeros(6, jnp.int32), jnp.zeros(6))
-    loss = E.curl_loss(net, 1, (1, 2))
+    td = C.DoubleDQN(0.99)
+    loss = E.TDWithCURL(td, 1, (1, 2))
 
-    def total(p, t):
-        return loss(p, net.apply(p, obs)[1], t, batch, jax.random.key(3))
+    def total(p, t, weight=1.0, loss=loss):
+        return loss(net.apply, p, t, batch, {"curl_weight": weight}, jax.random.key(3))[0]
 
-    value = total(online, target)
-    assert np.isfinite(value) and value > 0
+    td_only = td(net.apply, online, target, batch, {}, None)[0]
+    assert float(total(online, target, 0.0)) == pytest.approx(float(td_only))  # weight 0: the TD loss alone
+    curl = total(online, target) - td_only
+    assert np.isfinite(curl) and curl > 0
     # The key view is a shifted copy: without the shift (pad 0) the loss is another number.
-    unshifted = E.curl_loss(net, 0, (1, 2))(online, net.apply(online, obs)[1], target, batch, jax.random.key(3))
-    assert not np.isclose(value, unshifted)
-    g_online, g_target = jax.grad(total, argnums=(0, 1))(online, target)
+    assert not np.isclose(total(online, target, loss=E.TDWithCURL(td, 0, (1, 2))) - td_only, curl)
+    g_online, g_target = jax.grad(lambda p, t: total(p, t) - td(net.apply, p, t, batch, {}, None)[0],
+                                  argnums=(0, 1))(online, target)
     assert float(jnp.abs(g_online["params"]["curl_bilinear"]).sum()) > 0
     assert float(jnp.abs(g_online["params"]["base"]["hidden_0"]["kernel"]).sum()) > 0
     assert all(float(jnp.abs(g).sum()) == 0.0 for g in jax.tree_util.tree_leaves(g_target))

@@ -18,9 +18,10 @@ rows = 256
 obs = rng.normal(size=(rows, 4)).astype(np.float32)
 terminal = (np.arange(rows) % 8 == 7).astype(np.float32)
 ds = C.make_dataset(obs, rng.integers(3, size=rows), rng.normal(size=rows), terminal, np.arange(rows - 1), 3, 1)
-cfg = C.TrainConfig(num_steps=300, chunk_steps=100, batch_size=16, eval_every=0, target_update_period=20)
-members = [C.Member(s, lr, f"lr={lr:g}") for s in (0, 1) for lr in (1e-3, 1e-2)]
-result = C.train_offline(C.MLP(3, (16, 16)), ds, cfg, members, env_id="bsuite/catch", agent="dqn", progress=False)
+cfg = C.TrainConfig(num_steps=300, chunk_steps=100, batch_size=16, optimizer="adam", target_update_period=20,
+                    probe_size=64, eval_every=0)
+members = [C.Member(s, lr, columns={"lr": lr}) for s in (0, 1) for lr in (1e-3, 1e-2)]
+result = C.train_offline(C.MLP(3, (16, 16)), ds, C.DoubleDQN(0.99), members, cfg, progress=False)
 leaf = jax.tree_util.tree_leaves(result.state.params)[0]
 print(json.dumps({"devices": jax.device_count(), "shards": len(leaf.sharding.device_set), "rows": result.rows}))
 """
