@@ -1,8 +1,10 @@
 """Runs a command many times in fresh processes and counts the hangs: the check that the CPU
 deadlock of batched LAPACK kernels (common.per_member) stays gone.
 
-    python tests/hang_check.py --runs 20 --timeout 600 -- python exp_activation.py --preset smoke --seeds 2
+    python tests/hang_check.py --runs 20 -- python exp_activation.py --preset smoke --seeds 2 --out {tmp}/out
     python tests/hang_check.py --runs 20 --probe        # LSTM members' initialisation + a several-layer srank probe
+
+``{tmp}`` in the command becomes a fresh directory per run (so no run resumes another's checkpoints).
 
 A run that outlives its timeout is a hang: it gets SIGABRT (faulthandler prints its Python stacks
 into the log) and counts as one. Prints one line per run and a summary; exits 1 on any hang.
@@ -55,7 +57,8 @@ def main() -> None:
     for i in range(args.runs):
         start = time.time()
         with tempfile.TemporaryDirectory() as work, open(Path(work) / "log", "w+") as log:
-            proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([c.replace("{tmp}", work) for c in command], cwd=REPO, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
             try:
                 proc.wait(timeout=args.timeout)
                 status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
