@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import io
 import json
 import os
 import platform
@@ -133,7 +134,8 @@ def make_probe_fn(net: nn.Module) -> Callable:
     def probe_one(params, obs):
         q, features = net.apply(params, obs)
         return {"srank": effective_rank(features), "dead_units": dead_units(features),
-                "dormant_frac": dormant_fraction(features), "q_probe": jnp.mean(q)}
+                "dormant_frac": dormant_fraction(features), "q_probe": jnp.mean(q),
+                "units": jnp.asarray(features.shape[-1], jnp.int32)}
 
     # per_member, not vmap: srank is an SVD (see per_member).
     return jax.jit(lambda params, obs: per_member(lambda p: probe_one(p, obs))(params))
@@ -169,21 +171,29 @@ class MLP(nn.Module):
     """Feed-forward Q network (bsuite): hidden layers of the given sizes, then a linear head.
     Observations of any shape are flattened. Every hidden layer's output is sown into the
     "intermediates" collection, so per-layer ranks (the depth study) can be read with
-    ``net.apply(params, obs, mutable=["intermediates"])``."""
+    ``net.apply(params, obs, mutable=["intermediates"])``. ``encode`` is the first hidden layer's
+    output (an auxiliary loss's view of the input; networks with a torso encode with the torso)."""
 
     num_actions: int
     hidden: Sequence[int] = (64, 64)
     activation: str = "relu"
     init_scheme: str = "lecun"  # lecun (flax default) or he
 
-    @nn.compact
+    def setup(self):
+        self.layers = [nn.Dense(w, kernel_init=INITS[self.init_scheme], name=f"hidden_{i}")
+                       for i, w in enumerate(self.hidden)]
+        self.head = nn.Dense(self.num_actions, kernel_init=INITS[self.init_scheme], name="head")
+
+    def encode(self, obs: Array) -> Array:
+        return activation_fn(self.activation)(self.layers[0](obs.reshape(obs.shape[0], -1).astype(jnp.float32)))
+
     def __call__(self, obs: Array) -> tuple[Array, Array]:
         x = obs.reshape(obs.shape[0], -1).astype(jnp.float32)
         act = activation_fn(self.activation)
-        for i, width in enumerate(self.hidden):
-            x = act(nn.Dense(width, kernel_init=INITS[self.init_scheme], name=f"hidden_{i}")(x))
+        for i, layer in enumerate(self.layers):
+            x = act(layer(x))
             self.sow("intermediates", f"features_{i}", x)
-        return nn.Dense(self.num_actions, kernel_init=INITS[self.init_scheme], name="head")(x), x
+        return self.head(x), x
 
 
 class PatchConv(nn.Module):
@@ -209,56 +219,79 @@ class PatchConv(nn.Module):
 
 
 class MinAtarCNN(nn.Module):
-    """MinAtar network of Young & Tian (2019): Conv(16, 3x3, stride 1, valid) -> 128 hidden."""
+    """MinAtar network of Young & Tian (2019): Conv(16, 3x3, stride 1, valid) -> 128 hidden.
+    ``encode`` is the convolution's (flattened) output."""
 
     num_actions: int
     activation: str = "relu"
     hidden: int = 128
 
-    @nn.compact
+    def setup(self):
+        self.conv = PatchConv(16, (3, 3))
+        self.Dense_0 = nn.Dense(self.hidden)
+        self.Dense_1 = nn.Dense(self.num_actions)
+
+    def encode(self, obs: Array) -> Array:
+        x = activation_fn(self.activation)(self.conv(obs.astype(jnp.float32)))
+        return x.reshape(x.shape[0], -1)
+
     def __call__(self, obs: Array) -> tuple[Array, Array]:
-        act = activation_fn(self.activation)
-        x = act(PatchConv(16, (3, 3), name="conv")(obs.astype(jnp.float32)))
-        x = act(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
-        return nn.Dense(self.num_actions)(x), x
+        x = activation_fn(self.activation)(self.Dense_0(self.encode(obs)))
+        return self.Dense_1(x), x
 
 
 class NatureCNN(nn.Module):
     """Atari torso of Appendix A.12 (Conv 32x8x8/4, 64x4x4/2, 64x3x3/1) and one 512-unit layer.
-    Takes stacked uint8 frames (batch, 4, 84, 84), as the ALE vector env and the dataset give them."""
+    Takes stacked uint8 frames (batch, 4, 84, 84), as the ALE vector env and the dataset give them.
+    ``encode`` is the torso's (flattened) output."""
 
     num_actions: int
     activation: str = "relu"
     hidden: int = 512
 
-    @nn.compact
-    def __call__(self, obs: Array) -> tuple[Array, Array]:
+    def setup(self):
+        self.Conv_0 = nn.Conv(32, (8, 8), strides=4, padding="VALID")
+        self.Conv_1 = nn.Conv(64, (4, 4), strides=2, padding="VALID")
+        self.Conv_2 = nn.Conv(64, (3, 3), strides=1, padding="VALID")
+        self.Dense_0 = nn.Dense(self.hidden)
+        self.Dense_1 = nn.Dense(self.num_actions)
+
+    def encode(self, obs: Array) -> Array:
         act = activation_fn(self.activation)
         x = jnp.transpose(obs, (0, 2, 3, 1)).astype(jnp.float32) / 255.0  # NCHW frames -> NHWC
-        x = act(nn.Conv(32, (8, 8), strides=4, padding="VALID")(x))
-        x = act(nn.Conv(64, (4, 4), strides=2, padding="VALID")(x))
-        x = act(nn.Conv(64, (3, 3), strides=1, padding="VALID")(x))
-        x = act(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1)))
-        return nn.Dense(self.num_actions)(x), x
+        x = act(self.Conv_2(act(self.Conv_1(act(self.Conv_0(x))))))
+        return x.reshape(x.shape[0], -1)
+
+    def __call__(self, obs: Array) -> tuple[Array, Array]:
+        x = activation_fn(self.activation)(self.Dense_0(self.encode(obs)))
+        return self.Dense_1(x), x
 
 
 class RecurrentQNetwork(nn.Module):
     """LSTM core over an observation history (batch, time, ...); the features are the LSTM's output
     at the last step. ``cell_activation`` replaces the LSTM's tanh (on the cell input and on the
-    cell state before the output gate), as in the paper's Section 6 ablation. The memory-task
-    stand-ins for DeepMind Lab (the activation and the interventions studies) both use it."""
+    cell state before the output gate), as in the paper's Section 6 ablation. ``encode`` is the
+    LSTM's outputs averaged over the time steps (the paper's CURL on DeepMind Lab). The
+    memory-task stand-ins for DeepMind Lab (the activation and the interventions studies) use it."""
 
     num_actions: int
     hidden: int = 64
     cell_activation: str = "tanh"
 
-    @nn.compact
+    def setup(self):
+        self.OptimizedLSTMCell_0 = nn.OptimizedLSTMCell(self.hidden, activation_fn=activation_fn(self.cell_activation))
+        self.rnn = nn.RNN(self.OptimizedLSTMCell_0)
+        self.Dense_0 = nn.Dense(self.num_actions)
+
+    def outputs(self, obs: Array) -> Array:
+        return self.rnn(obs.reshape(obs.shape[0], obs.shape[1], -1).astype(jnp.float32))
+
+    def encode(self, obs: Array) -> Array:
+        return jnp.mean(self.outputs(obs), axis=1)
+
     def __call__(self, obs: Array) -> tuple[Array, Array]:
-        x = obs.reshape(obs.shape[0], obs.shape[1], -1).astype(jnp.float32)
-        cell = nn.OptimizedLSTMCell(self.hidden, activation_fn=activation_fn(self.cell_activation))
-        outputs = nn.RNN(cell)(x)
-        features = outputs[:, -1]
-        return nn.Dense(self.num_actions)(features), features
+        features = self.outputs(obs)[:, -1]
+        return self.Dense_0(features), features
 
 
 def default_network(env_id: str, num_actions: int, activation: str = "relu") -> nn.Module:
@@ -326,17 +359,21 @@ class Batch(NamedTuple):
 
 
 class Loss(Protocol):
-    """What a trainer takes: ``loss(apply, params, target_params, batch, settings, key) -> (value,
-    aux)``. ``apply`` is the network's apply function, ``settings`` the member's traced settings
-    (a dict of scalars), ``key`` a fresh PRNG key per step. ``aux`` holds ``q_mean`` and the online
-    network's ``features`` of ``batch.obs`` (still differentiable, so an auxiliary loss built on
-    them trains the same forward pass). Gradients flow only into ``params``.
+    """What a trainer takes: ``loss(apply, params, target_params, batch, settings, key, loss_state)
+    -> (value, aux)``. ``apply`` is the network's apply function, ``settings`` the member's traced
+    settings (a dict of scalars), ``key`` a fresh PRNG key per step. ``aux`` holds ``q_mean`` and
+    the online network's ``features`` of ``batch.obs`` (still differentiable, so an auxiliary loss
+    built on them trains the same forward pass). Gradients flow only into ``params``.
+
+    A loss that keeps state between steps (CURL's momentum key encoder) defines
+    ``init_state(params)`` and returns the next state as ``aux["loss_state"]``; the trainer keeps it
+    in ``TrainState.loss_state`` and knows nothing else of it.
 
     Losses are frozen dataclasses: their repr names every setting, they hash (compiled programs
     are cached per loss), and two runs with equal losses compute the same thing."""
 
     def __call__(self, apply: Callable, params: PyTree, target_params: PyTree, batch: Batch,
-                 settings: Mapping[str, Array], key: Array) -> tuple[Array, dict[str, Array]]: ...
+                 settings: Mapping[str, Array], key: Array, loss_state: PyTree = ()) -> tuple[Array, dict[str, Array]]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +384,7 @@ class DoubleDQN:
     gamma: float
     clip_rewards: bool = False
 
-    def __call__(self, apply, params, target_params, batch, settings, key):
+    def __call__(self, apply, params, target_params, batch, settings, key, loss_state=()):
         reward = jnp.clip(batch.reward, -1.0, 1.0) if self.clip_rewards else batch.reward
         # One forward pass of the online net on [s, s'] (cheaper than two on small CPU matmuls).
         q_both, features_both = apply(params, jnp.concatenate([batch.obs, batch.next_obs]))
@@ -365,7 +402,7 @@ class BVE:
     gamma: float
     clip_rewards: bool = False
 
-    def __call__(self, apply, params, target_params, batch, settings, key):
+    def __call__(self, apply, params, target_params, batch, settings, key, loss_state=()):
         reward = jnp.clip(batch.reward, -1.0, 1.0) if self.clip_rewards else batch.reward
         q_tm1, features = apply(params, batch.obs)
         q_t, _ = apply(target_params, batch.next_obs)
@@ -378,7 +415,7 @@ class BVE:
 class MonteCarlo:
     """Huber regression of Q(s, a) onto the logged discounted return-to-go (on-policy evaluation)."""
 
-    def __call__(self, apply, params, target_params, batch, settings, key):
+    def __call__(self, apply, params, target_params, batch, settings, key, loss_state=()):
         q_tm1, features = apply(params, batch.obs)
         return (jnp.mean(huber(mc_return_error(q_tm1, batch.action, batch.mc_return))),
                 {"q_mean": jnp.mean(q_tm1), "features": features})
@@ -389,7 +426,7 @@ class BehaviourCloning:
     """Cross-entropy of the logged action under the softmax of the network's outputs (the Q head
     read as logits, so BC and DQN share the network)."""
 
-    def __call__(self, apply, params, target_params, batch, settings, key):
+    def __call__(self, apply, params, target_params, batch, settings, key, loss_state=()):
         logits, features = apply(params, batch.obs)
         return bc_loss(logits, batch.action), {"q_mean": jnp.mean(logits), "features": features}
 # ================================================================================================
@@ -684,13 +721,34 @@ def make_dataset(obs, action, reward, terminal, valid, num_actions, history, gam
     return ds.replace(ident=ident or digest(*jax.tree_util.tree_leaves(ds), int(num_actions), int(history)))
 
 
+def episode_returns(ds: Dataset) -> np.ndarray:
+    """Undiscounted returns of the dataset's complete episodes (its behaviour policy's level). An
+    episode is complete if it ends in a terminal row with every row since the last break sampleable;
+    a row outside ``valid`` (padding, a truncated step, the unfinished tail of a collection
+    stream) breaks the sum, and the piece it ends is not counted."""
+    reward, terminal = np.asarray(ds.reward, np.float64), np.asarray(ds.terminal) > 0
+    sampleable = np.zeros(len(reward), bool)
+    sampleable[np.asarray(ds.valid)] = True
+    returns, total, complete = [], 0.0, True
+    for r, done, ok in zip(reward, terminal, sampleable):
+        total += r
+        complete &= bool(ok)
+        if done or not ok:
+            if done and complete:
+                returns.append(total)
+            total, complete = 0.0, True
+    return np.asarray(returns)
+
+
 # ---- local collection: an online DQN with action noise (the RL Unplugged bsuite recipe) ----------
 
 
 @dataclasses.dataclass(frozen=True)
 class CollectConfig:
-    """Online DQN that generates a dataset. Every transition it takes is logged; with probability
-    ``noise`` its action is replaced by a uniformly random one before the env sees it."""
+    """The behaviour agent that generates a dataset: the online double DQN of section 7 (the one the
+    tandem study runs), trained from scratch while it collects. Every transition it takes is
+    logged; with probability ``noise`` its action is replaced by a uniformly random one before the
+    environment sees it (the RL Unplugged bsuite recipe)."""
 
     num_envs: int = 8
     learning_rate: float = 1e-3  # Acme's DQN default
@@ -702,9 +760,11 @@ class CollectConfig:
     epsilon_decay_fraction: float = 0.2  # fraction of the run over which epsilon anneals
     updates_per_env_step: int = 1  # gradient steps per vector step of num_envs transitions
     learning_starts: int = 500
+    learning_fraction: float = 1.0  # the agent learns during this fraction of the collection, then only acts:
+    #                                 below 1, a weak behaviour policy (the data-quality study)
 
 
-COLLECT_VERSION = 1  # bump when the collection algorithm changes: old caches are ignored
+COLLECT_VERSION = 2  # bump when the collection algorithm changes: old caches are ignored (2: the online DQN)
 
 
 def dataset_cache_path(env_id: str, noise: float, num_transitions: int, seed: int, history: int,
@@ -764,96 +824,61 @@ def collect_dataset(env_id: str, noise: float, num_transitions: int, seed: int, 
 
 
 def _collect(env_id, noise, num_transitions, seed, history, cfg: CollectConfig, progress) -> dict:
+    """Runs the behaviour agent (section 7's online DQN, one seed, ``cfg.num_envs`` environments)
+    and logs each environment's transitions as one stream of rows in the Dataset layout."""
     from tqdm.auto import tqdm
 
-    key = jax.random.key(seed)
-    key, init_key = jax.random.split(key)
-    env = make_env(env_id, cfg.num_envs, seed)
+    env = make_env(env_id, 1, seed)
+    num_actions, obs_shape, obs_dtype = env.num_actions, env.obs_shape, env.obs_dtype
+    env.close()
+    stop = -(-num_transitions // cfg.num_envs) * cfg.num_envs
+    net = default_network(env_id, num_actions)
+    learner_key, run_key = jax.random.split(jax.random.key(seed))
+    learner = init_learners(net, jnp.zeros((1, *obs_shape), obs_dtype), [learner_key], [cfg.learning_rate], "adam")
+    state = OnlineState((learner,), None, Replay.empty(stop, obs_shape, obs_dtype, 1), run_key[None])
+    step_fn = make_online_step(net, "adam", (DoubleDQN(cfg.gamma),), acting=0, batch_size=cfg.batch_size,
+                               updates_per_step=cfg.updates_per_env_step, learning_starts=cfg.learning_starts,
+                               target_update_period=cfg.target_update_period)
+    program = OnlineProgram(env_id, 1, cfg.num_envs, seed, 0, stop, stop, INSERT_BLOCK_PER_ENV * cfg.num_envs, cfg.gamma)
     rng = np.random.default_rng(seed)
-    net = default_network(env_id, env.num_actions)
-    obs = env.reset()
-    params = net.init(init_key, obs[:1])
-    target_params = params
-    opt = optax.adam(cfg.learning_rate)
-    loss = DoubleDQN(cfg.gamma)
-    opt_state = opt.init(params)
+    decay = max(1, int(cfg.epsilon_decay_fraction * stop))
+    epsilon = lambda t: max(cfg.epsilon_end, cfg.epsilon_start - (cfg.epsilon_start - cfg.epsilon_end) * t / decay)
 
-    @jax.jit
-    def greedy(params, obs):
-        return jnp.argmax(net.apply(params, obs)[0], axis=-1)
+    def noisy(actions):  # the RL Unplugged recipe: the logged action is replaced by a random one w.p. noise
+        replace = rng.random(actions.shape) < noise
+        return np.where(replace, rng.integers(num_actions, size=actions.shape), actions).astype(np.int32)
 
-    @jax.jit
-    def update(params, target_params, opt_state, batch):
-        grads = jax.grad(lambda p: loss(net.apply, p, target_params, batch, {}, None)[0])(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+    streams = [{"obs": [], "action": [], "reward": [], "terminal": [], "valid": []} for _ in range(cfg.num_envs)]
 
-    # The agent's own replay buffer (explicit next observations); the logged dataset is kept apart,
-    # as one stream of rows per env, in the layout Dataset expects.
-    capacity = num_transitions
-    replay = {"obs": np.zeros((capacity, *env.obs_shape), env.obs_dtype), "next_obs": None,
-              "action": np.zeros(capacity, np.int32), "reward": np.zeros(capacity, np.float32),
-              "discount": np.zeros(capacity, np.float32)}
-    replay["next_obs"] = np.zeros_like(replay["obs"])
-    size = 0
-    streams = [{"obs": [], "action": [], "reward": [], "terminal": [], "valid": []} for _ in range(env.num_envs)]
-
-    def pad(stream):
+    def pad(stream):  # history - 1 zero rows before each episode (the DQN Replay layout)
         for _ in range(history - 1):
-            stream["obs"].append(np.zeros(env.obs_shape, env.obs_dtype))
+            stream["obs"].append(np.zeros(obs_shape, obs_dtype))
             for k, v in (("action", 0), ("reward", 0.0), ("terminal", 0.0), ("valid", False)):
                 stream[k].append(v)
 
-    for s in streams:
-        pad(s)
-    decay_steps = max(1, int(cfg.epsilon_decay_fraction * num_transitions))
-    steps, updates = 0, 0
-    bar = tqdm(total=num_transitions, desc=f"collect {env_id} noise={noise:g}", disable=not progress, leave=False)
-    while steps < num_transitions:
-        epsilon = max(cfg.epsilon_end, cfg.epsilon_start - (cfg.epsilon_start - cfg.epsilon_end) * steps / decay_steps)
-        action = np.asarray(greedy(params, obs))
-        explore = rng.random(env.num_envs) < epsilon
-        action = np.where(explore, rng.integers(env.num_actions, size=env.num_envs), action)
-        # The RL Unplugged bsuite recipe: the logged action is replaced by a random one w.p. noise.
-        replace = rng.random(env.num_envs) < noise
-        action = np.where(replace, rng.integers(env.num_actions, size=env.num_envs), action).astype(np.int32)
-        next_obs, reward, terminated, truncated = env.step(action)
+    def log(obs, actions, reward, terminated, truncated):  # (1, num_envs, ...) arrays
         for i, stream in enumerate(streams):
-            stream["obs"].append(obs[i])
-            stream["action"].append(action[i])
-            stream["reward"].append(reward[i])
-            stream["terminal"].append(float(terminated[i]))
-            stream["valid"].append(not truncated[i])  # a truncated step's successor row is a new episode
-            if terminated[i] or truncated[i]:
+            stream["obs"].append(obs[0, i])
+            stream["action"].append(actions[0, i])
+            stream["reward"].append(reward[0, i])
+            stream["terminal"].append(float(terminated[0, i]))
+            stream["valid"].append(not truncated[0, i])  # a truncated step's successor row is a new episode
+            if terminated[0, i] or truncated[0, i]:
                 pad(stream)
-            if not truncated[i] and size < capacity:  # next_obs of a finished env is a reset obs:
-                j = size  # harmless for terminals (discount 0), so only truncations are skipped
-                replay["obs"][j], replay["next_obs"][j] = obs[i], next_obs[i]
-                replay["action"][j], replay["reward"][j] = action[i], reward[i]
-                replay["discount"][j] = 0.0 if terminated[i] else 1.0
-                size += 1
-        obs = next_obs
-        steps += env.num_envs
-        bar.update(env.num_envs)
-        if size >= cfg.learning_starts:
-            for _ in range(cfg.updates_per_env_step):
-                idx = rng.integers(size, size=cfg.batch_size)
-                batch = Batch(obs=replay["obs"][idx], action=replay["action"][idx], reward=replay["reward"][idx],
-                              discount=replay["discount"][idx], next_obs=replay["next_obs"][idx],
-                              next_action=replay["action"][idx], mc_return=replay["reward"][idx])
-                params, opt_state = update(params, target_params, opt_state, batch)
-                updates += 1
-                if updates % cfg.target_update_period == 0:
-                    target_params = params
-    bar.close()
-    env.close()
-    for s in streams:  # the last row of a stream has no successor unless it ended its episode
-        if s["valid"] and s["terminal"][-1] == 0.0:
-            s["valid"][-1] = False
-    cat = {k: np.concatenate([np.asarray(s[k]) for s in streams]) for k in streams[0]}
-    return {"obs": cat["obs"].astype(env.obs_dtype), "action": cat["action"].astype(np.int32),
+
+    for stream in streams:
+        pad(stream)
+    with tqdm(total=stop, desc=f"collect {env_id} noise={noise:g}", disable=not progress, leave=False) as bar:
+        run_online(program, step_fn, state, Recorder(None, {}, [], 0.0), epsilon=epsilon,
+                   learning=lambda t: t < cfg.learning_fraction * stop, behaviour=noisy, observe=log,
+                   progress=bar.update)
+    for stream in streams:  # the last row of a stream has no successor unless it ended its episode
+        if stream["valid"] and stream["terminal"][-1] == 0.0:
+            stream["valid"][-1] = False
+    cat = {k: np.concatenate([np.asarray(stream[k]) for stream in streams]) for k in streams[0]}
+    return {"obs": cat["obs"].astype(obs_dtype), "action": cat["action"].astype(np.int32),
             "reward": cat["reward"].astype(np.float32), "terminal": cat["terminal"].astype(np.float32),
-            "valid": np.flatnonzero(cat["valid"]).astype(np.int32), "num_actions": np.asarray(env.num_actions)}
+            "valid": np.flatnonzero(cat["valid"]).astype(np.int32), "num_actions": np.asarray(num_actions)}
 
 
 # ---- the DQN Replay Dataset (Agarwal et al. 2020), the data behind RL Unplugged Atari -------------
@@ -962,6 +987,7 @@ class TrainState(NamedTuple):
     opt_state: PyTree
     key: Array
     step: Array
+    loss_state: PyTree = ()  # what a stateful loss carries between steps (Loss), else nothing
 
 
 Optimizer = Literal["adam", "rmsprop"]
@@ -980,21 +1006,23 @@ def make_optimizer(name: str, learning_rate: float | Array = 0.0) -> optax.Gradi
 
 
 def init_learners(net: nn.Module, sample_obs: Array, keys: Array, learning_rates: Sequence[float],
-                  optimizer: str) -> TrainState:
+                  optimizer: str, loss: Loss | None = None) -> TrainState:
     """Stacked initial states of learners with these PRNG keys (one per learner): each key splits
     into the parameters' and the learner's own training key, so learners that share a key (the 12
-    learning rates of one seed) start from the same weights."""
+    learning rates of one seed) start from the same weights. A stateful ``loss`` gets its
+    ``init_state``."""
     key_data = jnp.stack([jax.random.key_data(k) for k in keys])
-    return _init_fn(net, optimizer)(jnp.asarray(sample_obs), key_data, jnp.asarray(learning_rates, jnp.float32))
+    return _init_fn(net, optimizer, loss)(jnp.asarray(sample_obs), key_data, jnp.asarray(learning_rates, jnp.float32))
 
 
-@functools.lru_cache(maxsize=32)  # compiled once per (network, optimizer), not once per run
-def _init_fn(net: nn.Module, optimizer: str) -> Callable:
+@functools.lru_cache(maxsize=32)  # compiled once per (network, optimizer, loss), not once per run
+def _init_fn(net: nn.Module, optimizer: str, loss: Loss | None = None) -> Callable:
     def init_one(sample_obs, key_data, lr):
         init_key, train_key = jax.random.split(jax.random.wrap_key_data(key_data))
         params = net.init(init_key, sample_obs)
         opt_state = make_optimizer(optimizer, lr).init(params)
-        return TrainState(params, params, opt_state, train_key, jnp.zeros((), jnp.int32))
+        loss_state = loss.init_state(params) if hasattr(loss, "init_state") else ()
+        return TrainState(params, params, opt_state, train_key, jnp.zeros((), jnp.int32), loss_state)
 
     # per_member, not vmap: the LSTM's orthogonal initialiser is a QR (see per_member).
     return jax.jit(lambda sample_obs, keys, lrs: per_member(functools.partial(init_one, sample_obs))(keys, lrs))
@@ -1028,13 +1056,14 @@ def learner_step(apply: Callable, optimizer: optax.GradientTransformation, state
     optimizer update, and a copy of the online parameters into the target network every
     ``settings["target_update_period"]`` steps. Returns (new state, loss, mean Q); ``state.key``
     is passed through untouched."""
-    (value, aux), grads = gradient(lambda p: loss(apply, p, state.target_params, batch, settings, key),
-                                   state.params, settings)
+    (value, aux), grads = gradient(lambda p: loss(apply, p, state.target_params, batch, settings, key,
+                                                  state.loss_state), state.params, settings)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step_count = state.step + 1
     target = optax.periodic_update(params, state.target_params, step_count, settings["target_update_period"])
-    return TrainState(params, target, opt_state, state.key, step_count), value, aux["q_mean"]
+    loss_state = aux.get("loss_state", state.loss_state)
+    return TrainState(params, target, opt_state, state.key, step_count, loss_state), value, aux["q_mean"]
 
 
 def stack_trees(trees: Sequence[PyTree]) -> PyTree:
@@ -1179,6 +1208,9 @@ def epsilon_greedy(key: Array, q: Array, epsilon: Array) -> Array:
     return jnp.where(jax.random.uniform(explore_key, q.shape[:1]) < epsilon, random_action, jnp.argmax(q, axis=-1))
 
 
+INSERT_BLOCK_PER_ENV = 8  # finished transitions a seed may move into its replay per vector step, per environment
+
+
 class OnlineState(NamedTuple):
     """Everything one seed's online program carries from step to step (stacked over seeds)."""
 
@@ -1192,19 +1224,19 @@ def make_online_step(net: nn.Module, optimizer: str, losses: tuple[Loss, ...], *
                      batch_size: int, updates_per_step: int, learning_starts: int,
                      target_update_period: int) -> Callable:
     """The one jitted step of an online program, vmapped over seeds:
-    ``(state, block, sampleable, count, continues, obs, epsilon) -> (state, actions, mean loss per
-    learner)``.
+    ``(state, block, sampleable, count, continues, obs, epsilon, learning) -> (state, actions, mean
+    loss per learner)``.
 
     Per seed: move ``count`` finished transitions into the replay; draw ``updates_per_step`` x
     ``batch_size`` rows among the sampleable ones; give every learner the same minibatches in the
     same order, each with its own loss (``losses[k]`` for learner k) and its own optimizer state;
     then act epsilon-greedily on ``obs`` with learner ``acting`` (after its update) or, if
     ``acting`` is None, with the frozen ``state.actor``. Learners start updating once their
-    seed's replay holds ``learning_starts`` sampleable transitions."""
+    seed's replay holds ``learning_starts`` sampleable transitions, and only while ``learning``."""
     opt = make_optimizer(optimizer)
     settings = {"target_update_period": target_update_period}
 
-    def seed_step(state: OnlineState, block: Transitions, sampleable, count, continues, obs, epsilon):
+    def seed_step(state: OnlineState, block: Transitions, sampleable, count, continues, obs, epsilon, learning):
         replay = state.replay.insert(block, sampleable, count, continues)
         key, sample_key, act_key = jax.random.split(state.key, 3)
         rows = replay.sample(sample_key, (updates_per_step, batch_size))
@@ -1216,13 +1248,13 @@ def make_online_step(net: nn.Module, optimizer: str, losses: tuple[Loss, ...], *
             return tuple(s[0] for s in stepped), jnp.stack([s[1] for s in stepped])
 
         updated, loss = jax.lax.scan(update, state.learners, rows)
-        ready = replay.num_sampleable() >= learning_starts
+        ready = (replay.num_sampleable() >= learning_starts) & learning
         learners = jax.tree_util.tree_map(lambda new, old: jnp.where(ready, new, old), updated, state.learners)
         actor = learners[acting].params if acting is not None else state.actor
         actions = epsilon_greedy(act_key, net.apply(actor, obs)[0], epsilon)
         return OnlineState(learners, state.actor, replay, key), actions, jnp.where(ready, jnp.mean(loss, axis=0), jnp.nan)
 
-    return jax.jit(jax.vmap(seed_step, in_axes=(0, 0, 0, 0, 0, 0, None)), donate_argnums=0)
+    return jax.jit(jax.vmap(seed_step, in_axes=(0, 0, 0, 0, 0, 0, None, None)), donate_argnums=0)
 
 
 class SeedEnvs:
@@ -1262,17 +1294,22 @@ class OnlineProgram:
 
 
 def run_online(program: OnlineProgram, step_fn: Callable, state: OnlineState, recorder: "Recorder", *,
-               epsilon: Callable[[int], float], log: Callable[[int, OnlineState, np.ndarray | None], None],
-               keep_at: int | None = None, progress: Callable[[int], None] = lambda n: None,
-               timings: "Timings | None" = None) -> tuple[OnlineState, Any]:
+               epsilon: Callable[[int], float], learning: Callable[[int], bool] = lambda step: True,
+               log: Callable[[int, OnlineState, np.ndarray | None], None] | None = None,
+               behaviour: Callable[[np.ndarray], np.ndarray] | None = None,
+               observe: Callable[..., None] | None = None, keep_at: int | None = None,
+               progress: Callable[[int], None] = lambda n: None, timings: "Timings | None" = None,
+               ) -> tuple[OnlineState, Any]:
     """Runs ``program`` from its start (or from the recorder's checkpoint) to its stop: per vector
-    step, the queued finished episodes enter the replay, every learner updates and the actor acts
-    (``step_fn``), and the environments step. Every ``log_every`` environment steps, ``log(step,
-    state, mean losses since the last log)`` records what it wants through the recorder; the
-    checkpoint then holds the device state and the host's (environments, episode queue, current
-    observations), so a killed run resumes bit for bit (Atari: its episodes restart).
-    Returns the final state and, if ``keep_at`` is given, a host copy (``to_host``) of the state at
-    that step."""
+    step, the queued finished episodes enter the replay, the learners update (while
+    ``learning(step)``) and the actor acts epsilon-greedily (``step_fn``); ``behaviour(actions)``
+    may replace actions before the environments see them (the data collector's action noise);
+    the environments step and ``observe(obs, actions, reward, terminated, truncated)`` sees every
+    transition. Every ``log_every`` environment steps, ``log(step, state, mean losses since the
+    last log)`` records what it wants through the recorder; the checkpoint then holds the device
+    state and the host's (environments, episode queue, current observations), so a killed run
+    resumes bit for bit (Atari: its episodes restart). Returns the final state and, if
+    ``keep_at`` is given, a host copy (``to_host``) of the state at that step."""
     import cloudpickle
 
     timings = timings or Timings()
@@ -1282,7 +1319,8 @@ def run_online(program: OnlineProgram, step_fn: Callable, state: OnlineState, re
         queue = EpisodeQueue(program.seeds, program.num_envs, program.insert_block, envs.obs_shape, envs.obs_dtype,
                              program.gamma)
         host = {"step": program.start, "envs": envs, "queue": queue, "obs": envs.reset(), "losses": [], "kept": None}
-        log(program.start, state, None)
+        if log is not None:
+            log(program.start, state, None)
     else:
         state = restore_like(state, resumed[0])
         host = cloudpickle.loads(resumed[2])
@@ -1293,12 +1331,16 @@ def run_online(program: OnlineProgram, step_fn: Callable, state: OnlineState, re
         block, sampleable, counts, continues = host["queue"].take()
         with timings("compile" if first else "act_and_learn"):
             state, actions, loss = step_fn(state, block, sampleable, counts, continues, host["obs"],
-                                           epsilon(host["step"]))
+                                           epsilon(host["step"]), learning(host["step"]))
             actions = np.asarray(actions)
         first = False
         with timings("environment"):
+            if behaviour is not None:
+                actions = behaviour(actions)
             next_obs, reward, terminated, truncated = host["envs"].step(actions)
             host["queue"].add(host["obs"], actions, reward, terminated, truncated)
+            if observe is not None:
+                observe(host["obs"], actions, reward, terminated, truncated)
         host["losses"].append(np.asarray(loss))
         host["obs"] = next_obs
         host["step"] += program.num_envs
@@ -1306,10 +1348,11 @@ def run_online(program: OnlineProgram, step_fn: Callable, state: OnlineState, re
         if host["step"] == keep_at:
             host["kept"] = to_host(state)
         if host["step"] % program.log_every == 0:
-            with _quiet_nan_warnings():
+            with quiet_nan_warnings():
                 mean_loss = np.nanmean(np.stack(host["losses"]), axis=0)  # NaN: not learning yet
             host["losses"] = []
-            log(host["step"], state, mean_loss)
+            if log is not None:
+                log(host["step"], state, mean_loss)
             if recorder.due(last_save) or host["step"] >= program.stop:
                 with timings("checkpoint"):
                     recorder.save(state, {"env_step": host["step"]}, cloudpickle.dumps(host))
@@ -1466,7 +1509,7 @@ def train_offline(
     rows_probe = probe_rows(ds, cfg.probe_size)
     probe = ds.stacked_obs(jnp.asarray(rows_probe))
     state = init_learners(net, probe[:1], seed_keys(m.seed for m in members), [m.learning_rate for m in members],
-                          cfg.optimizer)
+                          cfg.optimizer, loss)
     sharding = member_sharding(len(members))
     if sharding is not None:
         state, settings = jax.device_put((state, settings), sharding)
@@ -1497,7 +1540,8 @@ def train_offline(
         with timings("probe"):
             probed = {name: np.asarray(v) for name, v in probe_fn(state.params, probe).items()}
         for name, v in probed.items():
-            recorder.record(step, name, v)
+            if name != "units" or step == 0:  # the layer's width, once
+                recorder.record(step, name, v)
         if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
             with timings("evaluate"):
                 for name, v in evaluate(net, state.params).items():
@@ -1561,9 +1605,13 @@ def describe(fn: Any) -> str:
 def evaluate_policies(
     net: nn.Module, params: PyTree, env_id: str, num_episodes: int, seed: int, *, epsilon: float = 0.0,
     obs_transform: Callable[[Array, Array], Array] | None = None, history: int = 1, max_steps: int = 27_000,
-) -> np.ndarray:
+    gamma: float | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Plays ``num_episodes`` episodes for every member of the stacked ``params`` at once (one env
-    per member and episode) and returns the (members, episodes) undiscounted returns.
+    per member and episode). Returns the (members, episodes) undiscounted returns and, if ``gamma``
+    is given, each member's value error: |Q(s, a) - G| averaged over every state its episodes
+    visited, where a is the action taken and G the discounted return that followed (an episode
+    cut off by ``max_steps`` counts the rewards it got).
 
     Actions are greedy on Q (or logits) with probability 1 - epsilon. ``obs_transform(key, obs)``
     perturbs observations before the network sees them (the robustness study); ``history`` > 1
@@ -1579,16 +1627,29 @@ def evaluate_policies(
     net_obs = stack.buffer if stack else obs
     returns = np.zeros(env.num_envs)
     running = np.ones(env.num_envs, bool)
+    taken, rewards, alive = [], [], []  # per step, for the value error
     for _ in range(max_steps):
         key, step_key = jax.random.split(key)
-        obs, reward, terminated, truncated = env.step(np.asarray(act(params, net_obs, step_key)))
+        actions, q_taken = act(params, net_obs, step_key)
+        obs, reward, terminated, truncated = env.step(np.asarray(actions))
+        if gamma is not None:
+            taken.append(np.asarray(q_taken)), rewards.append(reward * running), alive.append(running.copy())
         returns += reward * running
         running &= ~(terminated | truncated)
         if not running.any():
             break
         net_obs = stack.push(obs, terminated | truncated) if stack else obs
     env.close()
-    return returns.reshape(members, num_episodes)
+    value_error = None
+    if gamma is not None:
+        future = np.zeros(env.num_envs)
+        errors = np.zeros(env.num_envs)
+        for q, r, a in zip(reversed(taken), reversed(rewards), reversed(alive)):
+            future = r + gamma * future  # rewards after an episode's end are zero (masked above)
+            errors += a * np.abs(q - future)
+        visits = np.sum(alive, axis=0).reshape(members, num_episodes).sum(axis=1)
+        value_error = errors.reshape(members, num_episodes).sum(axis=1) / np.maximum(visits, 1)
+    return returns.reshape(members, num_episodes), value_error
 
 
 @functools.lru_cache(maxsize=64)  # repeated evaluations of a run reuse one compiled policy
@@ -1602,7 +1663,8 @@ def _act_fn(net: nn.Module, members: int, num_episodes: int, epsilon: float, obs
         q = jax.vmap(lambda p, o: net.apply(p, o)[0])(params, obs).reshape(members * num_episodes, -1)
         greedy = jnp.argmax(q, axis=-1)
         explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
-        return jnp.where(explore, jax.random.randint(random_key, greedy.shape, 0, q.shape[-1]), greedy)
+        actions = jnp.where(explore, jax.random.randint(random_key, greedy.shape, 0, q.shape[-1]), greedy)
+        return actions, jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0]
 
     return act
 
@@ -1613,7 +1675,7 @@ class Evaluator:
     policy (random actions with probability ``epsilon``), environments seeded by ``seed``; a
     recurrent agent reads the last ``history`` observations; ``transform(key, obs)`` perturbs what
     the network sees (the robustness study). ``evaluator(net, params)`` returns ``{"return": mean
-    undiscounted return per member}``."""
+    undiscounted return per member}`` and, with ``gamma``, ``"value_error"`` (see evaluate_policies)."""
 
     env_id: str
     episodes: int
@@ -1621,11 +1683,13 @@ class Evaluator:
     epsilon: float = 0.0
     history: int = 1
     transform: Callable[[Array, Array], Array] | None = None
+    gamma: float | None = None
 
     def __call__(self, net: nn.Module, params: PyTree) -> dict[str, np.ndarray]:
-        returns = evaluate_policies(net, params, self.env_id, self.episodes, self.seed, epsilon=self.epsilon,
-                                    history=self.history, obs_transform=self.transform)
-        return {"return": returns.mean(axis=1)}
+        returns, value_error = evaluate_policies(net, params, self.env_id, self.episodes, self.seed,
+                                                 epsilon=self.epsilon, history=self.history,
+                                                 obs_transform=self.transform, gamma=self.gamma)
+        return {"return": returns.mean(axis=1)} | ({} if value_error is None else {"value_error": value_error})
 
 
 # ---- observation perturbations: jitted, batched, applied through evaluate_policies' hook ---------
@@ -1806,12 +1870,11 @@ FIXED_COLUMNS = ("study", "env", "agent", "seed")  # first in metrics.csv; the s
 VALUE_COLUMNS = ("step", "metric", "value")  # last
 
 
-def write_metrics(out: Path, rows: Iterable[dict], name: str = "metrics.csv") -> Path:
-    """Writes tidy rows as CSV: study, env, agent, seed, one typed column per swept setting (empty
+def metrics_csv(rows: Iterable[dict]) -> str:
+    """Tidy rows as CSV text: study, env, agent, seed, one typed column per swept setting (empty
     where a row has none), step, metric, value. Floats are written exactly (repr), so a setting
     read back compares equal to the value that was swept."""
     import csv
-    import io
 
     rows = list(rows)
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -1820,10 +1883,15 @@ def write_metrics(out: Path, rows: Iterable[dict], name: str = "metrics.csv") ->
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    cell = lambda v: "" if v is None else repr(v) if isinstance(v, float) else str(v)
+    cell = lambda v: "" if v is None else repr(float(v)) if isinstance(v, (float, np.floating)) else str(v)
     writer.writerows([cell(r.get(k)) for k in header] for r in rows)
+    return buf.getvalue()
+
+
+def write_metrics(out: Path, rows: Iterable[dict], name: str = "metrics.csv") -> Path:
+    """Writes ``metrics_csv(rows)`` to ``out/name`` atomically (gzipped if the name ends in .gz)."""
     path = Path(out) / name
-    data = buf.getvalue().encode()
+    data = metrics_csv(rows).encode()
     if name.endswith(".gz"):
         data = gzip.compress(data, mtime=0)
     atomic_write(path, lambda f: f.write(data), ".csv")
@@ -1835,11 +1903,10 @@ class Metrics:
     columns come back typed: integers as int, other numbers as float, text as str, blanks as None;
     ``select(lr=3e-4)`` compares values, never labels."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | io.StringIO):
         import pandas as pd
 
-        path = Path(path)
-        if not path.exists():
+        if not isinstance(path, io.StringIO) and not Path(path).exists():
             raise DatasetError(f"{path} does not exist: run the script without --plot-only first")
         frame = pd.read_csv(path, float_precision="round_trip", keep_default_na=False, na_values={"value": ["nan"]})
         self.columns = [c for c in frame.columns if c not in VALUE_COLUMNS]
@@ -1849,6 +1916,11 @@ class Metrics:
         self.metric = frame["metric"].to_numpy(object)
         self.value = frame["value"].to_numpy(np.float64)
         self._cache: dict[tuple, np.ndarray] = {}
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[dict]) -> "Metrics":
+        """The Metrics of rows as ``write_metrics`` would write and read them (for tests)."""
+        return cls(io.StringIO(metrics_csv(rows)))
 
     def __len__(self) -> int:
         return len(self.value)
@@ -1962,50 +2034,240 @@ def jsonable(x: Any) -> Any:
 
 
 # ================================================================================================
-# 11. Claims
+# 11. Claims: the paper's statement, a per-environment statistic with seed-level uncertainty, a rule
+#     stated before the data, and a verdict
 # ================================================================================================
+
+Verdict = Literal["held", "not held", "inconclusive", "not testable here"]
+ALPHA = 0.05  # one-sided significance level of every seed-level test
+MIN_INTERVAL_SEEDS = 4  # an interval-based verdict (two_sided) needs at least this many seeds
+FINAL_FRACTION = 0.1  # "final": the mean over the points recorded in the last 10% of a run
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """One environment's statistic: its value (the mean over seeds of a per-seed statistic, unless
+    the claim says otherwise), a 95% interval, the p-value of the rule's test, the seeds that went
+    in, and the verdict with, where needed, its reason."""
+
+    env: str
+    verdict: Verdict
+    value: float = float("nan")
+    low: float = float("nan")
+    high: float = float("nan")
+    p: float = float("nan")
+    n: int = 0
+    note: str = ""
+
+    def text(self) -> str:
+        if self.verdict == "not testable here":
+            return f"{short_env(self.env)}: not testable ({self.note})"
+        parts = [f"{self.value:.3g}"]
+        if np.isfinite(self.low):
+            parts.append(f"[{self.low:.3g}, {self.high:.3g}]")
+        if np.isfinite(self.p):
+            parts.append(f"p={self.p:.3g}")
+        if self.n:
+            parts.append(f"n={self.n}")
+        return f"{short_env(self.env)}: {' '.join(parts)}{f' ({self.note})' if self.note else ''} -> {self.verdict}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
+    """A claim of the paper and the evidence for it at this scale."""
+
     id: str
-    claim: str
-    statistic: str
-    value: Any
-    held: bool | None  # None: could not be evaluated at this scale
+    paper: str  # the paper's statement, quoted or closely paraphrased, with its section or figure
+    statistic: str  # what is computed per environment, and its uncertainty
+    rule: str  # the decision rule, stated before the data
+    evidence: tuple[Evidence, ...]
+    verdict: Verdict = "not testable here"
+    summary: str = ""
+
+    def __post_init__(self):
+        verdict, summary = overall(self.evidence)
+        object.__setattr__(self, "verdict", verdict)
+        object.__setattr__(self, "summary", summary)
+
+
+def overall(evidence: Sequence[Evidence]) -> tuple[Verdict, str]:
+    """The overall verdict: held if held in most testable environments and not held in none; not
+    held if not held in most and held in none; not testable if no environment is; else
+    inconclusive. The summary says the counts."""
+    testable = [e for e in evidence if e.verdict != "not testable here"]
+    if not testable:
+        return "not testable here", "not testable in any environment"
+    count = {v: sum(e.verdict == v for e in testable) for v in ("held", "not held", "inconclusive")}
+    summary = f"held in {count['held']} of {len(testable)} testable environment{'s' if len(testable) > 1 else ''}"
+    extra = [f"{count[v]} {v}" for v in ("not held", "inconclusive") if count[v]]
+    untestable = len(evidence) - len(testable)
+    if untestable:
+        extra.append(f"{untestable} not testable")
+    summary += f" ({', '.join(extra)})" if extra else ""
+    if count["held"] > len(testable) / 2 and not count["not held"]:
+        return "held", summary
+    if count["not held"] > len(testable) / 2 and not count["held"]:
+        return "not held", summary
+    return "inconclusive", summary
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedTest:
+    """The across-seed test of a per-seed statistic: its mean, a 95% bootstrap interval of the
+    mean, and the exact sign-flip (permutation) p-values of "mean > null" and "mean < null"."""
+
+    mean: float
+    low: float
+    high: float
+    p_greater: float
+    p_less: float
+    n: int
+
+
+def seed_test(values: Sequence[float], null: float = 0.0) -> SeedTest:
+    """Tests a per-seed statistic (one value per seed; NaN dropped) against ``null``. The seeds are
+    the units of replication: the sign-flip test is exact (all 2^n flips for n <= 16), so with 5
+    seeds the smallest one-sided p is 1/32 (every seed on the claimed side), and with 2 seeds 1/4
+    (no verdict can be reached)."""
+    from scipy import stats
+
+    x = np.asarray(values, np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return SeedTest(float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), 0)
+    d = x - null
+    mean = float(np.mean(x))
+    if len(x) == 1 or np.all(d == d[0]):
+        # A constant difference: every flip ties or reverses it; the interval is the value itself.
+        p = 1.0 / 2 ** len(x) if d[0] != 0 else 1.0
+        return SeedTest(mean, mean, mean, p if d[0] > 0 else 1.0, p if d[0] < 0 else 1.0, len(x))
+    flips = dict(permutation_type="samples", n_resamples=np.inf if len(x) <= 16 else 20_000, random_state=0)
+    p_greater = stats.permutation_test((d,), np.mean, alternative="greater", **flips).pvalue
+    p_less = stats.permutation_test((d,), np.mean, alternative="less", **flips).pvalue
+    ci = stats.bootstrap((x,), np.mean, confidence_level=0.95, method="percentile", n_resamples=9_999,
+                         random_state=0).confidence_interval
+    return SeedTest(mean, float(ci.low), float(ci.high), float(p_greater), float(p_less), len(x))
+
+
+def undefined(n: int, note: str) -> str:
+    return f"the statistic is defined in {n} seed{'s' if n != 1 else ''}" + (f"; {note}" if note else "")
+
+
+def directional(env: str, values: Sequence[float], claimed: Literal["greater", "less"], null: float = 0.0,
+                note: str = "", alpha: float = ALPHA) -> Evidence:
+    """Evidence for "the per-seed statistic is on the ``claimed`` side of ``null``": held when the
+    one-sided sign-flip test in that direction gives p < alpha, not held when the test in the
+    opposite direction does, inconclusive otherwise (the interval includes no effect). With
+    fewer than 2 finite seeds, not testable."""
+    t = seed_test(values, null)
+    if t.n < 2:
+        return Evidence(env, "not testable here", note=undefined(t.n, note))
+    p_claim, p_other = (t.p_greater, t.p_less) if claimed == "greater" else (t.p_less, t.p_greater)
+    verdict: Verdict = "held" if p_claim < alpha else "not held" if p_other < alpha else "inconclusive"
+    return Evidence(env, verdict, t.mean, t.low, t.high, p_claim, t.n, note)
+
+
+def two_sided(env: str, values: Sequence[float], margin: float, claimed: Literal["different", "equal"],
+              note: str = "") -> Evidence:
+    """Evidence about whether a per-seed statistic differs from 0. The 95% interval of the mean
+    decides (with 5 seeds a two-sided sign-flip test cannot reach p < 0.05; its p is reported):
+    it lies inside (-margin, margin) -> "equal" (no effect that matters, even if it excludes 0);
+    else it excludes 0 -> "different"; else inconclusive. The verdict is held when the outcome is
+    the ``claimed`` one, not held when it is the other."""
+    t = seed_test(values)
+    if t.n < 2:
+        return Evidence(env, "not testable here", note=undefined(t.n, note))
+    p_two = min(1.0, 2 * min(t.p_greater, t.p_less))
+    if t.n < MIN_INTERVAL_SEEDS:  # a bootstrap over 2 or 3 values is no interval
+        return Evidence(env, "inconclusive", t.mean, t.low, t.high, p_two, t.n,
+                        f"{note}; fewer than {MIN_INTERVAL_SEEDS} seeds" if note else f"fewer than {MIN_INTERVAL_SEEDS} seeds")
+    outcome = "equal" if -margin < t.low and t.high < margin else "different" if t.low > 0 or t.high < 0 else None
+    verdict: Verdict = "inconclusive" if outcome is None else "held" if outcome == claimed else "not held"
+    return Evidence(env, verdict, t.mean, t.low, t.high, p_two, t.n, note)
+
+
+def layer_width(m: "Metrics", where: Mapping) -> int:
+    """Units of the probed (penultimate) layer of the runs matching ``where`` (recorded at step 0)."""
+    idx = m.mask(metric="units", **where)
+    return int(np.nanmax(m.value[idx])) if len(idx) else 0
+
+
+def final_values(m: "Metrics", metric: str, **where) -> np.ndarray:
+    """Per seed, the mean over the points recorded in the last FINAL_FRACTION of the run (the last
+    point at least): the one meaning of "final" in every claim."""
+    steps, grid = m.curves(metric=metric, **where)
+    if grid.size == 0:
+        return np.zeros(0)
+    window = steps >= steps[-1] * (1 - FINAL_FRACTION)
+    with quiet_nan_warnings():
+        return np.nanmean(grid[:, window], axis=1)
+
+
+# ---- the three phases of learning (Section 4.1), read from one srank curve -----------------------
+
+EARLY_STEPS = 2_000  # "just in a handful of gradient updates the rank collapses": the early window
+EARLY_DROP = 0.5  # an early collapse: srank falls to <= 50% of its initial value within EARLY_STEPS
+RISE_FACTOR, RISE_UNITS = 1.5, 5  # phase 2: srank later climbs to >= 1.5 x and >= 5 units above that minimum
+LATE_DROP = 0.5  # phase 3: the final srank is <= 50% of the peak reached after the rise
+
+
+@dataclasses.dataclass(frozen=True)
+class Phases:
+    """The phases one srank curve went through (Section 4.1; thresholds above, from the paper's
+    wording: an abrupt early collapse, a rise, a late collapse)."""
+
+    early_collapse: bool
+    rise: bool
+    late_collapse: bool
+    minimum: tuple[int, float]  # (step, srank) of the early minimum
+    peak: tuple[int, float]  # (step, srank) of the highest point after it
+
+    @property
+    def final_phase(self) -> int:
+        """1: never rose after the early minimum (or never collapsed); 2: rose; 3: rose, then collapsed."""
+        return 3 if self.late_collapse else 2 if self.rise else 1
+
+
+def detect_phases(steps: np.ndarray, srank: np.ndarray) -> Phases:
+    steps, srank = np.asarray(steps), np.asarray(srank, np.float64)
+    early = (steps > 0) & (steps <= EARLY_STEPS)
+    i_min = int(np.nanargmin(np.where(early, srank, np.inf))) if early.any() else 0
+    later = steps > steps[i_min]
+    i_peak = int(np.nanargmax(np.where(later, srank, -np.inf))) if later.any() else i_min
+    collapse = bool(early.any() and srank[i_min] <= EARLY_DROP * srank[0])
+    rise = bool(collapse and srank[i_peak] >= max(RISE_FACTOR * srank[i_min], srank[i_min] + RISE_UNITS))
+    window = steps >= steps[-1] * (1 - FINAL_FRACTION)
+    late = bool(rise and np.nanmean(srank[window]) <= LATE_DROP * srank[i_peak])
+    return Phases(collapse, rise, late, (int(steps[i_min]), float(srank[i_min])), (int(steps[i_peak]), float(srank[i_peak])))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (scipy); NaN pairs are dropped, NaN if either side is constant."""
+    from scipy import stats
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x[keep], y[keep]).statistic)
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's correlation (scipy); NaN pairs are dropped, NaN if either side is constant."""
+    from scipy import stats
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
+        return float("nan")
+    return float(stats.pearsonr(x[keep], y[keep]).statistic)
 
 
 def write_claims(out: Path, claims: Sequence[Claim]) -> None:
     (Path(out) / "claims.json").write_text(json.dumps([jsonable(c) for c in claims], indent=2))
     for c in claims:
-        status = {True: "HELD", False: "NOT HELD", None: "N/A"}[c.held]
-        print(f"[{status:8s}] {c.id}: {c.claim}  ({c.statistic} = {c.value})")
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (ties get their average rank); NaN pairs are dropped."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    keep = np.isfinite(x) & np.isfinite(y)
-    return pearson(_average_ranks(x[keep]), _average_ranks(y[keep]))
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson's correlation; NaN when either side is constant or fewer than 2 finite pairs."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep] - x[keep].mean(), y[keep] - y[keep].mean()
-    denom = np.sqrt(np.sum(x * x) * np.sum(y * y))
-    return float(np.sum(x * y) / denom) if len(x) > 1 and denom > 0 else float("nan")
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    for value in np.unique(x):  # ties share the mean of their ranks
-        tie = x == value
-        ranks[tie] = ranks[tie].mean()
-    return ranks
+        print(f"[{c.verdict.upper():17s}] {c.id}: {c.paper}\n    {c.summary}; "
+              + "; ".join(e.text() for e in c.evidence))
 
 
 # ================================================================================================
@@ -2168,7 +2430,7 @@ def plot_setup():
 def mean_and_stderr(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Mean over seeds and its standard error (0 where there is one seed), ignoring NaN."""
     values = np.asarray(values, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan_warnings():
+    with np.errstate(invalid="ignore", divide="ignore"), quiet_nan_warnings():
         mean = np.nanmean(values, axis=axis)
         n = np.sum(np.isfinite(values), axis=axis)
         std = np.nanstd(values, axis=axis, ddof=1) if values.shape[axis] > 1 else np.zeros_like(mean)
@@ -2177,7 +2439,7 @@ def mean_and_stderr(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.n
 
 
 @contextlib.contextmanager
-def _quiet_nan_warnings():
+def quiet_nan_warnings():
     import warnings
 
     with warnings.catch_warnings():

@@ -91,7 +91,9 @@ class Config:
     depths: tuple[int, ...] = (2, 4, 8)
     """Hidden layers of the depth study's ReLU MLPs (He init; Fig. 23)."""
     bottleneck_units: tuple[int, ...] = (2, 8, 32, 64)
-    """Widths b of the last hidden layer of the (64, b) ReLU MLPs (Fig. 35/36)."""
+    """Widths b of the last hidden layer of the bottleneck study's ReLU MLPs (Fig. 35/36)."""
+    bottleneck_layers: tuple[int, ...] = (1, 2)
+    """64-unit layers before the bottleneck: 1 gives Fig. 35's (64, b) network, 2 Fig. 36's (64, 64, b)."""
     bottleneck_lrs: tuple[float, ...] = (3e-4, 3e-3)
     """Learning rates of the bottleneck study."""
     bottleneck_env: tuple[str, ...] = ("bsuite/catch",)
@@ -285,14 +287,16 @@ def run_depth(cfg: Config, method: Method) -> list[dict]:
 
 
 def run_bottleneck(cfg: Config, method: Method) -> list[dict]:
-    """Fig. 35/36: a (64, b) ReLU MLP for each bottleneck width b, seeds x learning rates as members."""
+    """Fig. 35/36: ReLU MLPs of 64-unit layers and a last (bottleneck) layer of width b, for each b
+    and each architecture; seeds x learning rates as members."""
     rows = []
     for env_id in cfg.bottleneck_env:
         ds, _ = method.dataset(env_id)
-        for units in cfg.bottleneck_units:
-            members = [m for lr in cfg.bottleneck_lrs for m in method.seeds(lr, width=units, lr=lr)]
-            rows += method.train(C.MLP(ds.num_actions, (64, units), "relu"), ds, env_id, {"study": "bottleneck"},
-                                members, cfg.bottleneck_steps).rows
+        for layers in cfg.bottleneck_layers:
+            for units in cfg.bottleneck_units:
+                members = [m for lr in cfg.bottleneck_lrs for m in method.seeds(lr, width=units, lr=lr)]
+                rows += method.train(C.MLP(ds.num_actions, (64,) * layers + (units,), "relu"), ds, env_id,
+                                     {"study": "bottleneck", "layers": layers}, members, cfg.bottleneck_steps).rows
     return rows
 
 
@@ -306,20 +310,24 @@ def run_hessian(cfg: Config, method: Method) -> tuple[list[dict], dict]:
         members = method.seeds(activation=act)
         result = method.train(net, ds, cfg.hessian_env, {"study": "hessian"}, members, cfg.hessian_steps)
         rows += result.rows
-        shares, tops = [], []
+        eigenvalues = []
         for m, member in enumerate(members):
             one = lambda tree: jax.tree_util.tree_map(lambda x: x[m], tree)
             eig = td_hessian_eigenvalues(net, one(result.state.params), one(result.state.target_params), batch,
                                          weights, cfg.gamma)
             spectra[f"{act}_seed{member.seed}"] = eig
-            shares.append(near_zero_share(eig))
-            tops.append(np.max(np.abs(eig)))
+            eigenvalues.append(eig)
         columns = {"study": "hessian", "env": cfg.hessian_env, "agent": "dqn"}
-        rows += member_rows(columns, members, cfg.hessian_steps, "hessian_near_zero", shares)
-        rows += member_rows(columns, members, cfg.hessian_steps, "hessian_max_abs_eig", tops)
+        for threshold in near_zero_thresholds(len(eigenvalues[0])):
+            rows += member_rows(columns | {"relative_threshold": threshold}, members, cfg.hessian_steps,
+                                "hessian_near_zero", [near_zero_share(e, threshold) for e in eigenvalues])
+        rows += member_rows(columns, members, cfg.hessian_steps, "hessian_max_abs_eig",
+                            [np.max(np.abs(e)) for e in eigenvalues])
         info["num_params"] = int(ravel_pytree(jax.tree_util.tree_map(lambda x: x[0], result.state.params))[0].size)
     info |= {"hidden": cfg.hessian_hidden, "transitions": len(ds), "distinct_transitions_used": len(weights),
-             "exact_over_dataset": bool(exact), "near_zero": f"|lambda| <= {NEAR_ZERO:g} * max|lambda|"}
+             "exact_over_dataset": bool(exact),
+             "near_zero": "|lambda| <= threshold * max|lambda|, thresholds " + ", ".join(
+                 f"{t:.3g}" for t in near_zero_thresholds(info["num_params"]))}
     np.savez(method.out / "hessian.npz", **spectra)
     return rows, info
 
@@ -414,12 +422,16 @@ def td_hessian_eigenvalues(net: nn.Module, params: C.PyTree, target_params: C.Py
     return np.linalg.eigvalsh(0.5 * (total + total.T))
 
 
-NEAR_ZERO = 1e-3  # an eigenvalue is near zero when |lambda| <= NEAR_ZERO * max|lambda|
+def near_zero_thresholds(num_params: int) -> tuple[float, ...]:
+    """Relative thresholds for "an eigenvalue is near zero": |lambda| <= t * max|lambda|. The claim's
+    rule uses the first, the numerical zero of a float32 matrix of this size (numpy.linalg.matrix_rank's
+    default tolerance: n x machine epsilon); the other two show how the share moves with t."""
+    return (num_params * float(np.finfo(np.float32).eps), 1e-3, 1e-6)
 
 
-def near_zero_share(eigenvalues: np.ndarray) -> float:
+def near_zero_share(eigenvalues: np.ndarray, threshold: float) -> float:
     scale = np.max(np.abs(eigenvalues))
-    return float(np.mean(np.abs(eigenvalues) <= NEAR_ZERO * scale)) if scale > 0 else 1.0
+    return float(np.mean(np.abs(eigenvalues) <= threshold * scale)) if scale > 0 else 1.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -427,75 +439,169 @@ def near_zero_share(eigenvalues: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def final_mean(m: C.Metrics, **where) -> float:
-    """Seed mean of the last recorded value of the matching rows (NaN if there are none)."""
-    if not m.has(**where):
-        return float("nan")
-    return float(C.mean_and_stderr(m.last(**where))[0])
+def relative_srank(m: C.Metrics, **where) -> np.ndarray:
+    """Per seed, final srank over the srank at initialisation (activations differ at the start)."""
+    return C.final_values(m, "srank", **where) / m.at_step(0, metric="srank", **where)
+
+
+def claim_relu_collapses_most(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="activation"):
+        rel = {a: relative_srank(m, env=env, study="activation", activation=a) for a in ("relu", "elu", "tanh")}
+        evidence.append(C.directional(env, rel["relu"] - np.maximum(rel["elu"], rel["tanh"]), "less"))
+    return C.Claim(
+        "activation.relu_collapses", "The effective rank of the penultimate layer with ReLU collapses faster; ELU and "
+        "tanh keep a relatively higher rank (Section 6, Fig. 9).", "per seed, final srank relative to the srank at "
+        "initialisation: ReLU's minus the larger of ELU's and tanh's", "held if < 0 (one-sided sign-flip test, "
+        "p < 0.05); not held if > 0", tuple(evidence))
+
+
+def claim_relu_dormant(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="activation"):
+        dormant = {a: C.final_values(m, "dormant_frac", env=env, study="activation", activation=a)
+                   for a in ("relu", "elu")}
+        evidence.append(C.directional(env, dormant["relu"] - dormant["elu"], "greater"))
+    return C.Claim(
+        "activation.relu_dormant", "The units of the ReLU network become sparser and die, significantly more than "
+        "the ELU network's (Section 6, Appendix A.14, Fig. 37).", f"per seed, the final fraction of tau-dormant "
+        f"units (mean |activation| <= {C.DORMANT_TAU} x the layer's mean; defined for every activation, unlike exact "
+        "zeros, which ELU never outputs): ReLU's minus ELU's", "held if > 0 (one-sided sign-flip test, p < 0.05); "
+        "not held if < 0", tuple(evidence))
+
+
+def claim_relu_sparsity_grows(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="activation"):
+        where = {"env": env, "study": "activation", "activation": "relu", "metric": "zero_frac"}
+        steps = m.steps(**where)
+        evidence.append(C.directional(env, m.at_step(int(steps[-1]), **where) - m.at_step(0, **where), "greater"))
+    return C.Claim(
+        "activation.relu_sparsity_grows", "The activations of the ReLU network become very sparse during training "
+        "(Appendix A.14, Fig. 37).", "per seed, the fraction of exactly-zero activations of the ReLU network on the "
+        "probe batch at the end minus at initialisation", "held if > 0 (one-sided sign-flip test, p < 0.05); not "
+        "held if < 0", tuple(evidence))
+
+
+def claim_lstm(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="recurrent"):
+        rel = {(n, a): relative_srank(m, env=env, study="recurrent", network=n, activation=a)
+               for n, a in (("lstm", "tanh"), ("lstm", "relu"), ("mlp", "relu"))}
+        gap = rel["lstm", "tanh"] - np.maximum(rel["lstm", "relu"], rel["mlp", "relu"])
+        evidence.append(C.directional(env, gap, "greater", note="stand-in for DeepMind Lab"))
+    return C.Claim(
+        "activation.lstm", "An LSTM with tanh cell activation shows no rank collapse; with a ReLU cell, or a "
+        "feed-forward ReLU MLP instead, the rank collapses by the end of training (Section 6, Fig. 10).",
+        "per seed, final over initial srank of the output features: the tanh LSTM's minus the larger of the ReLU "
+        "LSTM's and the ReLU MLP's", "held if > 0 (one-sided sign-flip test, p < 0.05); not held if < 0",
+        tuple(evidence))
+
+
+def claim_depth_layers(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="depth"):
+        worst = None  # per seed, the least negative rho over the depths: "at every depth"
+        for depth in sorted(m.values("depth", env=env, study="depth")):
+            where = {"env": env, "study": "depth", "depth": depth}
+            end = int(m.steps(metric="srank_layer1", **where).max())
+            ranks = np.stack([m.at_step(end, metric=f"srank_layer{k}", **where) for k in range(1, depth + 1)])
+            rhos = np.asarray([C.spearman(np.arange(depth), r) for r in ranks.T])
+            worst = rhos if worst is None else np.fmax(worst, rhos)
+        evidence.append(C.directional(env, worst, "less"))
+    return C.Claim(
+        "activation.depth_layers", "At the end of training, the rank falls from lower to higher layers, at every "
+        "depth (Appendix A.1, Fig. 23).", "per seed, Spearman's rho between a layer's index and its final srank, "
+        "the largest over the depths (2, 4, 8 layers)", "held if < 0 (one-sided sign-flip test, p < 0.05): rank "
+        "falls with the layer at every depth; not held if > 0", tuple(evidence))
+
+
+def claim_depth_returns(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="depth"):
+        depths = sorted(m.values("depth", env=env, study="depth"))
+        ret = {d: C.final_values(m, "return", env=env, study="depth", depth=d) for d in depths}
+        gap = ret[depths[0]] - np.max([ret[d] for d in depths[1:]], axis=0)
+        note = f"{depths[0]} layers - best deeper"
+        if np.all(gap == 0):
+            evidence.append(C.Evidence(env, "not testable here", note="every depth returned the same"))
+        else:
+            evidence.append(C.directional(env, gap, "greater", note=note))
+    return C.Claim(
+        "activation.depth_returns", "On bsuite, the deeper (4- and 8-layer) networks performed worse than the "
+        "2-layer MLP (Appendix A.1).", "per seed, the final return of the shallowest network minus the best of the "
+        "deeper ones", "held if > 0 (one-sided sign-flip test, p < 0.05); not held if < 0", tuple(evidence))
+
+
+def claim_hessian(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="hessian", metric="hessian_near_zero"):
+        thresholds = sorted(m.values("relative_threshold", env=env, metric="hessian_near_zero"), reverse=True)
+        numerical = thresholds[1]  # the middle one: n x eps (see near_zero_thresholds)
+        share = lambda a, t: m.last(env=env, study="hessian", activation=a, relative_threshold=t,
+                                    metric="hessian_near_zero")
+        note = ", ".join(f"at {t:.1g}: relu {np.mean(share('relu', t)):.2f} vs elu {np.mean(share('elu', t)):.2f}"
+                         for t in thresholds)
+        evidence.append(C.directional(env, share("relu", numerical) - share("elu", numerical), "greater", note=note))
+    return C.Claim(
+        "activation.hessian", "The ReLU network concentrates most eigenvalues of the TD loss's Hessian around zero, "
+        "more than the ELU network (Appendix A.2, Figs. 24 and 25).", "per seed, the share of eigenvalues with "
+        "|lambda| <= t x max|lambda| at the float32 numerical zero t = n x eps (n parameters): ReLU's minus ELU's; "
+        "the shares at t = 1e-3 and 1e-6 are listed", "held if > 0 (one-sided sign-flip test, p < 0.05); not held "
+        "if < 0", tuple(evidence))
+
+
+def claim_bottleneck_width(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="bottleneck"):
+        rhos = []
+        for layers in m.values("layers", env=env, study="bottleneck"):
+            for lr in m.values("lr", env=env, study="bottleneck", layers=layers):
+                where = {"env": env, "study": "bottleneck", "layers": layers, "lr": lr}
+                widths = sorted(m.values("width", **where))
+                ret = np.stack([C.final_values(m, "return", width=w, **where) for w in widths])
+                rhos.append([C.spearman(widths, r) for r in ret.T])
+        with C.quiet_nan_warnings():
+            per_seed = np.nanmean(np.asarray(rhos), axis=0)  # over architectures and learning rates
+        note = "" if np.isfinite(per_seed).sum() >= 2 else "every width returned the same"
+        evidence.append(C.directional(env, per_seed, "greater", note=note))
+    return C.Claim(
+        "activation.bottleneck", "A smaller number of bottleneck units reduces the performance (Appendix A.13, "
+        "Figs. 35 and 36).", "per seed, Spearman's rho between the bottleneck width and the final return, averaged "
+        "over the two architectures and learning rates", "held if > 0 (one-sided sign-flip test, p < 0.05); not "
+        "held if < 0", tuple(evidence))
+
+
+def claim_bottleneck_lr(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="bottleneck"):
+        diffs = []
+        lrs = sorted(m.values("lr", env=env, study="bottleneck"))
+        for layers in m.values("layers", env=env, study="bottleneck"):
+            for width in m.values("width", env=env, study="bottleneck", layers=layers):
+                where = {"env": env, "study": "bottleneck", "layers": layers, "width": width}
+                diffs.append(C.final_values(m, "srank", lr=lrs[-1], **where) - C.final_values(m, "srank", lr=lrs[0],
+                                                                                             **where))
+        evidence.append(C.directional(env, np.mean(diffs, axis=0), "less", note=f"lr {lrs[-1]:g} - lr {lrs[0]:g}"))
+    return C.Claim(
+        "activation.bottleneck_lr", "With the larger learning rate, the effective ranks of the bottleneck networks "
+        "tend to be lower (Appendix A.13, Figs. 35 and 36).", "per seed, final srank at the larger learning rate "
+        "minus at the smaller, averaged over widths and architectures", "held if < 0 (one-sided sign-flip test, "
+        "p < 0.05); not held if > 0", tuple(evidence))
 
 
 def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
     out = []
-
-    def add(cid, text, statistic, study, compute):
-        if not m.has(study=study):
-            out.append(C.Claim(cid, text, statistic, "not run", None))
-            return
-        value, held = compute()
-        out.append(C.Claim(cid, text, statistic, value, held))
-
-    def relu_lowest():
-        parts, held = [], True
-        for env in m.values("env", study="activation"):
-            s = {a: final_mean(m, env=env, study="activation", activation=a, metric="srank")
-                 for a in ("relu", "elu", "tanh")}
-            held &= s["relu"] < s["elu"] and s["relu"] < s["tanh"]
-            parts.append(f"{C.short_env(env)}: relu {s['relu']:.1f} / elu {s['elu']:.1f} / tanh {s['tanh']:.1f}")
-        return "; ".join(parts), bool(held)
-
-    def relu_sparser():
-        parts, held = [], True
-        for env in m.values("env", study="activation"):
-            get = lambda a, metric: final_mean(m, env=env, study="activation", activation=a, metric=metric)
-            dead, zero = {a: get(a, "dead_units") for a in ("relu", "elu")}, {a: get(a, "zero_frac") for a in ("relu", "elu")}
-            held &= dead["relu"] > dead["elu"] and zero["relu"] > zero["elu"]
-            parts.append(f"{C.short_env(env)}: dead {dead['relu']:.1f} vs {dead['elu']:.1f}, "
-                         f"zero frac {zero['relu']:.2f} vs {zero['elu']:.2f}")
-        return "; ".join(parts), bool(held)
-
-    def lstm_tanh_highest():
-        s = {(n, a): final_mean(m, study="recurrent", network=n, activation=a, metric="srank")
-             for n, a in (("lstm", "tanh"), ("lstm", "relu"), ("mlp", "relu"))}
-        return (f"LSTM tanh {s['lstm', 'tanh']:.1f}, LSTM relu {s['lstm', 'relu']:.1f}, MLP relu {s['mlp', 'relu']:.1f}",
-                bool(s["lstm", "tanh"] > s["lstm", "relu"] and s["lstm", "tanh"] > s["mlp", "relu"]))
-
-    def deeper_no_higher():
-        parts, held = [], True
-        for env in m.values("env", study="depth"):
-            s = {d: final_mean(m, env=env, study="depth", depth=d, metric="srank")
-                 for d in m.values("depth", env=env, study="depth")}
-            base = s.get(2, float("nan"))
-            held &= all(v <= base for d, v in s.items() if d != 2)
-            parts.append(f"{C.short_env(env)}: " + ", ".join(f"{d} layers {v:.1f}" for d, v in s.items()))
-        return "; ".join(parts), bool(held)
-
-    def hessian_flatter():
-        share = {a: final_mean(m, study="hessian", activation=a, metric="hessian_near_zero") for a in ("relu", "elu")}
-        return f"relu {share['relu']:.3f} vs elu {share['elu']:.3f}", bool(share["relu"] > share["elu"])
-
-    add("activation.1", "ReLU's srank ends lower than ELU's and tanh's on each bsuite task",
-        "final srank, seed mean, per env (relu / elu / tanh)", "activation", relu_lowest)
-    add("activation.2", "ReLU has more dead units, and sparser features, than ELU",
-        "final dead units (of 64) and fraction of exactly-zero activations on the 512-state probe, seed mean, "
-        "relu vs elu, per env", "activation", relu_sparser)
-    add("activation.3", "The tanh LSTM keeps a higher srank than the ReLU LSTM and the ReLU MLP "
-        "(bsuite/memory_len, standing in for DeepMind Lab)", "final srank of the output features, seed mean",
-        "recurrent", lstm_tanh_highest)
-    add("activation.4", "Deeper ReLU networks end with a penultimate srank no higher than the 2-layer network's",
-        "final penultimate-layer srank, seed mean, per env and depth", "depth", deeper_no_higher)
-    add("activation.5", "The ReLU network has a larger share of near-zero Hessian eigenvalues than the ELU network",
-        f"share of eigenvalues with |lambda| <= {NEAR_ZERO:g} max|lambda| of the exact TD-loss Hessian "
-        f"(1 x {cfg.hessian_hidden} hidden, catch), seed mean", "hessian", hessian_flatter)
+    if m.has(study="activation"):
+        out += [claim_relu_collapses_most(m), claim_relu_dormant(m), claim_relu_sparsity_grows(m)]
+    if m.has(study="recurrent"):
+        out.append(claim_lstm(m))
+    if m.has(study="depth"):
+        out += [claim_depth_layers(m), claim_depth_returns(m)]
+    if m.has(study="hessian", metric="hessian_near_zero"):
+        out.append(claim_hessian(m))
+    if m.has(study="bottleneck"):
+        out += [claim_bottleneck_width(m), claim_bottleneck_lr(m)]
     return out
 
 
@@ -574,25 +680,27 @@ def plot_depth(plt, m: C.Metrics, out: Path) -> None:
     C.save_figure(fig, out, "fig23_depth_layer_srank")
 
 
-def plot_bottleneck(plt, m: C.Metrics, out: Path) -> None:
-    """Fig. 35/36: srank and return per bottleneck width, at two learning rates."""
+def plot_bottleneck(plt, m: C.Metrics, out: Path, layers: int, number: int) -> None:
+    """Fig. 35 (one 64-unit layer before the bottleneck) and Fig. 36 (two): srank and return per
+    bottleneck width, at two learning rates."""
     env = m.values("env", study="bottleneck")[0]
-    rates = sorted(m.values("lr", env=env, study="bottleneck"))
-    widths = sorted(m.values("width", env=env, study="bottleneck"))
+    rates = sorted(m.values("lr", env=env, study="bottleneck", layers=layers))
+    widths = sorted(m.values("width", env=env, study="bottleneck", layers=layers))
     colors = plt.cm.plasma(np.linspace(0.05, 0.8, len(widths)))
     fig, axes = plt.subplots(2, len(rates), figsize=(4.6 * len(rates), 6.2), squeeze=False)
     for j, lr in enumerate(rates):
         for width, color in zip(widths, colors):
-            where = {"env": env, "study": "bottleneck", "width": width, "lr": lr}
-            steps, grid = m.curves(**where, metric="srank")
-            C.plot_band(axes[0, j], np.maximum(steps, 1), grid, f"{width} units", color)
+            where = {"env": env, "study": "bottleneck", "layers": layers, "width": width, "lr": lr}
+            steps, curves = m.curves(**where, metric="srank")
+            C.plot_band(axes[0, j], np.maximum(steps, 1), curves, f"{width} units", color)
             C.plot_band(axes[1, j], *m.curves(**where, metric="return"), None, color)
         axes[0, j].set(xscale="log", ylabel="srank of the bottleneck layer", title=f"({'ab'[j % 2]}) learning rate {lr:g}")
         axes[1, j].set(xlabel="gradient steps", ylabel="evaluation return")
     axes[0, 0].legend(title="bottleneck width")
-    fig.suptitle(f"Fig. 35/36: {env}, ReLU MLP (64, b) by bottleneck width b "
+    shape = ", ".join(["64"] * layers + ["b"])
+    fig.suptitle(f"Fig. {number}: {env}, ReLU MLP ({shape}) by bottleneck width b "
                  f"({C.seeds_note(m, study='bottleneck', env=env)})")
-    C.save_figure(fig, out, "fig35_bottleneck_width")
+    C.save_figure(fig, out, f"fig{number}_bottleneck_width_{layers}_layer{'s' if layers > 1 else ''}")
 
 
 def load_spectra(out: Path) -> dict[str, np.ndarray]:
@@ -621,27 +729,29 @@ def plot_hessian_spectrum(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
 
 
 def plot_hessian_near_zero(plt, m: C.Metrics, out: Path) -> None:
-    """Fig. 25: the share of near-zero eigenvalues and the sorted spectra."""
+    """Fig. 25: the share of near-zero eigenvalues as the threshold moves, and the sorted spectra."""
     spectra = load_spectra(out)
     acts = [a for a in ("relu", "elu") if any(k.startswith(a) for k in spectra)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for k, act in enumerate(acts):
-        shares = m.last(study="hessian", activation=act, metric="hessian_near_zero")
+    grid = np.logspace(-9, 0, 91)
+    for act in acts:
+        shares = np.asarray([[near_zero_share(e, t) for t in grid] for n, e in spectra.items() if n.startswith(act)])
         mean, err = C.mean_and_stderr(shares)
-        axes[0].bar(k, mean, yerr=err, capsize=3, color=ACT_COLORS[act], alpha=0.7)
-        axes[0].plot(np.full(len(shares), k), shares, "k.", ms=5)
+        axes[0].plot(grid, mean, color=ACT_COLORS[act], label=act)
+        axes[0].fill_between(grid, mean - err, mean + err, color=ACT_COLORS[act], alpha=0.2, lw=0)
         for i, (name, eig) in enumerate((n, e) for n, e in spectra.items() if n.startswith(act)):
             magnitude = np.sort(np.abs(eig))[::-1]
-            axes[1].plot(np.arange(1, len(eig) + 1), np.maximum(magnitude, 1e-12), color=ACT_COLORS[act], lw=1.2,
-                         label=act if i == 0 else None)
-            axes[1].axhline(NEAR_ZERO * magnitude[0], color=ACT_COLORS[act], ls=":", lw=0.8)
-    axes[0].set_xticks(range(len(acts)), acts)
-    axes[0].set(ylim=(0, 1), ylabel=f"share with |λ| ≤ {NEAR_ZERO:g}·max|λ|", title="near-zero eigenvalues")
-    axes[1].set(yscale="log", xlabel="eigenvalue index (by magnitude)", ylabel="|λ|",
-                title="spectrum (dotted: near-zero threshold)")
-    axes[1].legend()
-    fig.suptitle(f"Fig. 25: distribution of the Hessian eigenvalues, ReLU against ELU "
-                 f"({C.seeds_note(m, study='hessian')})")
+            axes[1].plot(np.arange(1, len(eig) + 1), np.maximum(magnitude / magnitude[0], 1e-12), color=ACT_COLORS[act],
+                         lw=1.2, label=act if i == 0 else None)
+    n = len(next(iter(spectra.values())))
+    for t, style in zip(near_zero_thresholds(n), ("-", "--", ":")):
+        axes[0].axvline(t, color="0.4", ls=style, lw=0.8)
+        axes[1].axhline(t, color="0.4", ls=style, lw=0.8)
+    axes[0].set(xscale="log", ylim=(0, 1), xlabel="threshold t (relative to max|λ|)",
+                ylabel="share with |λ| ≤ t·max|λ|", title="near-zero share (solid line: the claim's t = n·eps)")
+    axes[1].set(yscale="log", xlabel="eigenvalue index (by magnitude)", ylabel="|λ| / max|λ|", title="spectrum")
+    axes[0].legend(), axes[1].legend()
+    fig.suptitle(f"Fig. 25: distribution of the Hessian eigenvalues, ReLU against ELU ({C.seeds_note(m, study='hessian')})")
     C.save_figure(fig, out, "fig25_hessian_near_zero")
 
 
@@ -672,8 +782,9 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
         plot_recurrent(plt, m, out)
     if m.has(study="depth"):
         plot_depth(plt, m, out)
-    if m.has(study="bottleneck"):
-        plot_bottleneck(plt, m, out)
+    for layers, number in ((1, 35), (2, 36)):
+        if m.has(study="bottleneck", layers=layers):
+            plot_bottleneck(plt, m, out, layers, number)
     if m.has(study="hessian") and (out / "hessian.npz").exists():
         plot_hessian_spectrum(plt, m, cfg, out)
         plot_hessian_near_zero(plt, m, out)

@@ -3,7 +3,8 @@ and A.10; Tables 1 and 3, Figures 1, 7, 8, 16 and 27 of Gulcehre et al. 2022).
 
 Tables 1 and 3; figures 1 (srank against return, a narrow setting against the whole sweep), 7
 (final srank against return per activation), 8 (effects of pairs of interventions), 16 (CURL weight
-sweep) and 27 (with and without SAM).
+sweep), 27 (with and without SAM, a controlled pair), and the memory-task stand-ins for DeepMind
+Lab: 26 (srank against return of the LSTM agent with CURL and with SAM), 28 (SAM) and 30 (CURL).
 
     make exp_interventions                      # cpu preset: MinAtar space_invaders and breakout
     python exp_interventions.py --preset paper --data-dir /data/dqn_replay   # Atari Asterix, Gravitar
@@ -24,6 +25,12 @@ Analysis (from metrics.csv alone):
   * Fig. 1 / 7: srank against return over the sweep, per activation and combined, with Pearson and
     Spearman correlations. Fig. 27: srank and return along training with and without SAM.
   * Fig. 16: a separate sweep over the CURL weight in the control setting (0 to a large weight).
+
+CURL as Laskin et al. (2020) define it: two random shifts of each observation (anchor and positive),
+the anchor encoded by the online network's encoder and a learned projection, the positive by a
+momentum (exponential moving average) copy of them, a learned bilinear similarity, InfoNCE over the
+minibatch. The DeepMind Lab stand-in (bsuite/memory_len) encodes the LSTM's outputs averaged over
+time, as the paper does, and augments its vector observations with Gaussian noise.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import itertools
 import math
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import flax.linen as nn
 import jax
@@ -42,6 +49,9 @@ import numpy as np
 import optax
 
 import common as C
+
+SubStudy = Literal["design", "curl_sweep", "sam_pair", "memory"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -87,6 +97,26 @@ class Config:
     """bsuite/MinAtar collection: probability of a random action in the behaviour policy."""
     dataset_size: int
     """bsuite/MinAtar collection: transitions in the dataset."""
+    sam_pair_seeds: int = 5
+    """Seeds of the controlled SAM pair (Fig. 27): the control setting with and without SAM."""
+    memory_env: str = "bsuite/memory_len"
+    """The memory task standing in for DeepMind Lab (Figs. 26, 28, 30)."""
+    memory_steps: int = 10_000
+    """Gradient steps per run of the memory-task study."""
+    memory_seeds: int = 5
+    """Seeds per variant of the memory-task study."""
+    memory_learning_rate: float = 1e-3
+    """Adam learning rate of the memory-task study (the paper's DeepMind Lab rate)."""
+    memory_curl_weights: tuple[float, ...] = (0.0, 1e-3, 0.1, 1.0)
+    """CURL weights of the memory-task study (the SAM variant has weight 0)."""
+    studies: tuple[SubStudy, ...] = ("design", "curl_sweep", "sam_pair", "memory")
+    """What to run: the factorial design, the CURL sweep, the SAM pair, the memory-task study."""
+    curl_latent_dim: int = 50
+    """CURL's latent size (Laskin et al.'s encoder feature dimension)."""
+    curl_tau: float = 0.05
+    """CURL's momentum encoder: key <- (1 - tau) key + tau online, every step (Laskin et al.'s 0.05)."""
+    memory_noise: float = 0.1
+    """Standard deviation of the Gaussian noise that augments the memory task's vector observations."""
     quantiles: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95)
     """Quantiles of srank that define "high rank" in Table 1."""
     permutations: int = 20_000
@@ -109,7 +139,11 @@ class Config:
 
     def check(self) -> None:
         C.require(self.checkpoint_seconds >= 0, "--checkpoint-seconds must be >= 0")
-        C.check_env_ids((*self.env, *self.curl_sweep_env))
+        C.check_env_ids((*self.env, *self.curl_sweep_env, self.memory_env))
+        C.require(self.memory_env == "bsuite/memory_len", "--memory-env must be bsuite/memory_len")
+        C.require_positive(self, "sam_pair_seeds", "memory_steps", "memory_seeds", "memory_learning_rate",
+                           "curl_latent_dim", "curl_tau", "memory_noise")
+        C.require_multiple(self, "memory_steps", "eval_every")
         C.require_positive(self, "seeds", "num_steps", "chunk_steps", "eval_every", "eval_episodes", "batch_size",
                            "learning_rate", "treatment_learning_rate", "target_update_period",
                            "treatment_target_update_period", "sam_rho", "curl_weight", "curl_sweep_seeds",
@@ -143,13 +177,15 @@ PRESETS = {
                     treatment_learning_rate=3e-4, target_update_period=2_500, treatment_target_update_period=200,
                     sam_rho=0.05, curl_weight=1e-3, data_fraction=0.05, design="full",
                     curl_sweep_weights=(0.0, 1e-3, 0.1, 1.0), curl_sweep_env=("atari/Asterix", "atari/Gravitar"),
-                    curl_sweep_seeds=3, dataset_noise=0.0, dataset_size=0, replay_checkpoints=(0, 1, 2, 3)),
+                    curl_sweep_seeds=3, dataset_noise=0.0, dataset_size=0, replay_checkpoints=(0, 1, 2, 3),
+                    memory_steps=20_000),
     "smoke": Config(env=("bsuite/catch",), seeds=1, num_steps=400, chunk_steps=200, eval_every=200, eval_episodes=2,
                     batch_size=32, learning_rate=3e-4, treatment_learning_rate=3e-3, target_update_period=100,
                     treatment_target_update_period=20, sam_rho=0.05, curl_weight=1e-3, data_fraction=0.05,
                     design="quarter", curl_sweep_weights=(0.0, 1.0), curl_sweep_env=("bsuite/catch",),
                     curl_sweep_seeds=2, dataset_noise=0.1, dataset_size=2_000, permutations=2_000,
-                    reference_episodes=8),
+                    reference_episodes=8, sam_pair_seeds=2, memory_steps=200, memory_seeds=2,
+                    memory_curl_weights=(0.0, 1.0)),
 }
 
 
@@ -167,10 +203,12 @@ def run(cfg: Config, out: Path, timings: C.Timings) -> dict:
     factors, crossed with the environments. Activation and SAM change the compiled program, so
     each (activation, SAM) group of the design is one program whose members are its other
     settings x seeds; every configuration of one seed starts from the same initial weights. Per
-    environment also: the random policy's and the data's returns (the normalisation), and a
-    sweep over the CURL weight in the control setting (Fig. 16)."""
+    environment also: the random policy's and the data's returns (the normalisation), a sweep over
+    the CURL weight in the control setting (Fig. 16), and the control setting with and without SAM
+    (Fig. 27). Last, the LSTM agent on the memory task with CURL weights and with SAM."""
     fs = factors(cfg)
     design = fractional_factorial(len(fs), GENERATORS[cfg.design])
+    control = np.zeros(len(fs), bool)
     rows = []
     for env_id in cfg.env:
         with timings("collect"):
@@ -178,38 +216,85 @@ def run(cfg: Config, out: Path, timings: C.Timings) -> dict:
                                    data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
         # One seeded order of the transitions; the runs on a fraction train on its first part.
         order = np.asarray(ds.valid)[np.random.default_rng(C.SUBSAMPLE_SEED).permutation(len(ds))]
-        nets = {a: CURLNetwork(C.default_network(env_id, ds.num_actions, a)) for a in ("relu", "tanh")}
-        td = C.DoubleDQN(gamma=cfg.gamma, clip_rewards=env_id.startswith("atari/"))
+        with timings("evaluate"):
+            rows += reference_rows(cfg, env_id, ds, curl_network(cfg, env_id, ds.num_actions, "relu"))
         train = C.TrainConfig(num_steps=cfg.num_steps, chunk_steps=cfg.chunk_steps, batch_size=cfg.batch_size,
                               optimizer=cfg.optimizer, target_update_period=cfg.target_update_period,
                               probe_size=cfg.probe_size, eval_every=cfg.eval_every,
                               checkpoint_seconds=cfg.checkpoint_seconds)
-        evaluate = C.Evaluator(env_id, cfg.eval_episodes)
-        with timings("evaluate"):
-            rows += reference_rows(cfg, env_id, ds, nets["relu"])
 
         def train_group(members: list[C.Member], activation: str, sam: bool, study: str) -> list[dict]:
-            # A program without any CURL member leaves the loss out rather than weighting it by 0.
-            curl = any(m.settings["curl_weight"] > 0 for m in members)
-            loss = TDWithCURL(td, shift_pad(env_id), C.image_axes(env_id)) if curl else td
-            return C.train_offline(nets[activation], ds, loss, members, train, gradient=sam_gradient if sam else
-                                   C.plain_gradient, order=order, evaluate=evaluate,
-                                   columns={"study": study, "env": env_id, "agent": "dqn", "activation": activation},
-                                   checkpoints=out / "checkpoints", timings=timings).rows
+            return train_program(cfg, out, timings, env_id, ds, members, train, activation, sam, study, order)
 
-        for act in (fs[0].control, fs[0].treatment):
-            for sam in (False, True):
-                members = [member(cfg, fs, t, s, len(ds)) for t in design if levels(fs, t)["activation"] == act
-                           and (levels(fs, t)["sam_rho"] > 0) == sam for s in range(cfg.seeds)]
-                if members:
-                    rows += train_group(members, act, sam, "design")
-        if env_id in cfg.curl_sweep_env:
-            control = np.zeros(len(fs), bool)
+        if "design" in cfg.studies:
+            for act in (fs[0].control, fs[0].treatment):
+                for sam in (False, True):
+                    members = [member(cfg, fs, t, s, len(ds)) for t in design if levels(fs, t)["activation"] == act
+                               and (levels(fs, t)["sam_rho"] > 0) == sam for s in range(cfg.seeds)]
+                    if members:
+                        rows += train_group(members, act, sam, "design")
+        if "curl_sweep" in cfg.studies and env_id in cfg.curl_sweep_env:
             members = [member(cfg, fs, control, s, len(ds), curl_weight=w)
                        for w in cfg.curl_sweep_weights for s in range(cfg.curl_sweep_seeds)]
             rows += train_group(members, fs[0].control, False, "curl_sweep")
+        if "sam_pair" in cfg.studies:
+            for sam in (False, True):
+                treated = control.copy()
+                treated[3] = sam  # the SAM factor only
+                rows += train_group([member(cfg, fs, treated, s, len(ds)) for s in range(cfg.sam_pair_seeds)],
+                                    fs[0].control, sam, "sam_pair")
+    if "memory" in cfg.studies:
+        rows += run_memory(cfg, out, timings)
     C.write_metrics(out, rows)
     return {"design_runs_per_env": int(len(design)), "design_generators": GENERATORS[cfg.design]}
+
+
+def train_program(cfg: Config, out: Path, timings: C.Timings, env_id: str, ds: C.Dataset, members: list[C.Member],
+                  train: C.TrainConfig, activation: str, sam: bool, study: str, order: np.ndarray | None = None,
+                  history: int = 1) -> list[dict]:
+    """One compiled program: the double-DQN loss, plus CURL's if any member has a CURL weight (a
+    program without one leaves it out rather than weighting it by 0), with SAM's gradient rule or
+    the plain one."""
+    td = C.DoubleDQN(gamma=cfg.gamma, clip_rewards=env_id.startswith("atari/"))
+    curl = any(m.settings["curl_weight"] > 0 for m in members)
+    loss = TDWithCURL(td, augmentation(cfg, env_id), cfg.curl_tau) if curl else td
+    net = curl_network(cfg, env_id, ds.num_actions, activation)
+    return C.train_offline(net, ds, loss, members, train, gradient=sam_gradient if sam else C.plain_gradient,
+                           order=order, evaluate=C.Evaluator(env_id, cfg.eval_episodes, history=history),
+                           columns={"study": study, "env": env_id, "agent": "dqn", "activation": activation},
+                           checkpoints=out / "checkpoints", timings=timings).rows
+
+
+def run_memory(cfg: Config, out: Path, timings: C.Timings) -> list[dict]:
+    """The DeepMind Lab stand-in: the LSTM agent (tanh cell, as R2D2's) on the memory task, with
+    each CURL weight and, separately, with SAM."""
+    history = C.MEMORY_LENGTH + 1
+    with timings("collect"):
+        ds = C.offline_dataset(cfg.memory_env, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
+                               history=history)
+    train = C.TrainConfig(num_steps=cfg.memory_steps, chunk_steps=cfg.chunk_steps, batch_size=cfg.batch_size,
+                          optimizer=cfg.optimizer, target_update_period=cfg.target_update_period,
+                          probe_size=cfg.probe_size, eval_every=cfg.eval_every, checkpoint_seconds=cfg.checkpoint_seconds)
+    settings = lambda w, rho, seed: C.Member(seed=seed, learning_rate=cfg.memory_learning_rate,
+                                             columns={"curl_weight": w, "sam_rho": rho},
+                                             settings={"curl_weight": w, "sam_rho": rho})
+    rows = train_program(cfg, out, timings, cfg.memory_env, ds, [settings(w, 0.0, s) for w in cfg.memory_curl_weights
+                                                                  for s in range(cfg.memory_seeds)],
+                         train, "tanh", False, "memory", history=history)
+    rows += train_program(cfg, out, timings, cfg.memory_env, ds, [settings(0.0, cfg.sam_rho, s)
+                                                                  for s in range(cfg.memory_seeds)],
+                          train, "tanh", True, "memory", history=history)
+    return rows
+
+
+def curl_network(cfg: Config, env_id: str, num_actions: int, activation: str) -> nn.Module:
+    """The study's network: the paper's for the environment (the LSTM agent on the memory task)
+    with CURL's head beside it."""
+    if env_id == cfg.memory_env:
+        base = C.RecurrentQNetwork(num_actions, 64, cell_activation=activation)
+    else:
+        base = C.default_network(env_id, num_actions, activation)
+    return CURLNetwork(base, cfg.curl_latent_dim)
 
 
 def member(cfg: Config, fs: tuple[Factor, ...], treated: np.ndarray, seed: int, num_transitions: int,
@@ -231,7 +316,7 @@ def reference_rows(cfg: Config, env_id: str, ds: C.Dataset, net: nn.Module) -> l
     random_policy = C.Evaluator(env_id, cfg.reference_episodes, seed=C.REFERENCE_SEED, epsilon=1.0)
     row = {"study": "reference", "env": env_id, "seed": 0, "step": 0, "metric": "return"}
     return [dict(row, agent="random", value=float(random_policy(net, params)["return"].mean())),
-            dict(row, agent="behaviour", value=float(episode_returns(ds).mean()))]
+            dict(row, agent="behaviour", value=float(C.episode_returns(ds).mean()))]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,63 +409,92 @@ def sam_gradient(loss_of_params, params, settings):
 
 
 class CURLNetwork(nn.Module):
-    """A Q network with CURL's bilinear matrix W among its parameters (unused by its output, so the
-    same network serves runs with and without CURL, which keeps them in one compiled program)."""
+    """A Q network with CURL's head beside it (Laskin et al. 2020): the network's encoder output
+    (its torso: the convolutions; the LSTM's outputs averaged over time) -> a linear projection to
+    ``latent_dim`` -> LayerNorm -> tanh (their encoder's last layers), and the bilinear matrix W of
+    the similarity. The head does not feed the Q values, so runs with and without CURL share the
+    network and one compiled program; the probe measures the Q network's penultimate layer."""
 
     base: nn.Module
+    latent_dim: int = 50
 
-    @nn.compact
+    def setup(self):
+        self.projection = nn.Dense(self.latent_dim)
+        self.norm = nn.LayerNorm()
+        self.bilinear = self.param("curl_bilinear", nn.initializers.uniform(1.0), (self.latent_dim, self.latent_dim))
+
+    def latent(self, obs: jax.Array) -> jax.Array:
+        return jnp.tanh(self.norm(self.projection(self.base.encode(obs))))
+
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        q, features = self.base(obs)
-        self.param("curl_bilinear", nn.initializers.lecun_normal(), (features.shape[-1], features.shape[-1]))
-        return q, features
+        if self.is_initializing():
+            self.latent(obs)  # create the head's parameters
+        return self.base(obs)
 
 
-def curl_logits(anchors: jax.Array, keys: jax.Array, bilinear: jax.Array) -> jax.Array:
-    """(batch, batch) similarities anchor_i W key_j; the matching pair of row i is column i."""
-    return anchors @ bilinear @ keys.T
+def curl_logits(anchors: jax.Array, positives: jax.Array, bilinear: jax.Array) -> jax.Array:
+    """(batch, batch) similarities anchor_i W positive_j, each row shifted by its maximum (as Laskin
+    et al. do, for stability); the matching pair of row i is column i."""
+    logits = anchors @ bilinear @ positives.T
+    return logits - jnp.max(logits, axis=1, keepdims=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomShift:
+    """CURL's augmentation for images: DrQ's random shift by up to ``pad`` cells or pixels."""
+
+    pad: int
+    axes: tuple[int, int]
+
+    def __call__(self, key: jax.Array, obs: jax.Array) -> jax.Array:
+        return C.random_shift(key, obs, self.pad, self.axes)
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianNoise:
+    """CURL's augmentation for vector observations (the memory task): additive N(0, scale^2)."""
+
+    scale: float
+
+    def __call__(self, key: jax.Array, obs: jax.Array) -> jax.Array:
+        return obs + self.scale * jax.random.normal(key, obs.shape)
+
+
+def augmentation(cfg: Config, env_id: str):
+    if env_id == cfg.memory_env:
+        return GaussianNoise(cfg.memory_noise)
+    return RandomShift(shift_pad(env_id), C.image_axes(env_id))
 
 
 @dataclasses.dataclass(frozen=True)
 class TDWithCURL:
     """The TD loss plus ``settings["curl_weight"]`` x CURL's InfoNCE loss over the minibatch (the
-    other samples are the negatives). Anchors: the online network's penultimate features of the
-    observations (the TD loss's own forward pass). Keys: the target network's features of a
-    DrQ-shifted copy (``pad`` cells or pixels). Logits anchor W key^T with the learned bilinear W."""
+    other samples are the negatives). Each observation is augmented twice; the anchor view goes
+    through the online encoder and head, the positive view through their momentum copy (the
+    loss's state: an exponential moving average of the online parameters, rate ``tau`` per step;
+    no gradient). The anchor's gradient trains the encoder, the head and W."""
 
     td: C.Loss
-    pad: int
-    axes: tuple[int, int]
+    augment: Callable[[jax.Array, jax.Array], jax.Array]
+    tau: float
 
-    def __call__(self, apply, params, target_params, batch, settings, key):
+    def init_state(self, params):
+        return params  # the momentum encoder starts as a copy
+
+    def __call__(self, apply, params, target_params, batch, settings, key, loss_state=()):
         value, aux = self.td(apply, params, target_params, batch, settings, key)
-        _, keys = apply(target_params, C.random_shift(key, batch.obs, self.pad, self.axes))
-        logits = curl_logits(aux["features"], jax.lax.stop_gradient(keys), params["params"]["curl_bilinear"])
+        anchor_key, positive_key = jax.random.split(key)
+        anchors = apply(params, self.augment(anchor_key, batch.obs), method="latent")
+        positives = jax.lax.stop_gradient(apply(loss_state, self.augment(positive_key, batch.obs), method="latent"))
+        logits = curl_logits(anchors, positives, params["params"]["curl_bilinear"])
         curl = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(logits.shape[0])))
-        return value + settings["curl_weight"] * curl, aux
+        momentum = jax.tree_util.tree_map(lambda k, p: (1 - self.tau) * k + self.tau * jax.lax.stop_gradient(p),
+                                          loss_state, params)
+        return value + settings["curl_weight"] * curl, aux | {"loss_state": momentum}
 
 
 def shift_pad(env_id: str) -> int:
     return 4 if env_id.startswith("atari/") else 1
-
-
-def episode_returns(ds: C.Dataset) -> np.ndarray:
-    """Undiscounted returns of the dataset's complete episodes (its behaviour policy's level). An
-    episode is complete if it ends in a terminal row with every row since the last break sampleable;
-    a row outside ``valid`` (padding, a truncated step, the unfinished tail of a collection
-    stream) breaks the sum, and the piece it ends is not counted."""
-    reward, terminal = np.asarray(ds.reward, np.float64), np.asarray(ds.terminal) > 0
-    sampleable = np.zeros(len(reward), bool)
-    sampleable[np.asarray(ds.valid)] = True
-    returns, total, complete = [], 0.0, True
-    for r, done, ok in zip(reward, terminal, sampleable):
-        total += r
-        complete &= bool(ok)
-        if done or not ok:
-            if done and complete:
-                returns.append(total)
-            total, complete = 0.0, True
-    return np.asarray(returns)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -587,6 +701,8 @@ def write_table(out: Path, name: str, rows: list[dict], title: str) -> str:
 
 def analyse(m: C.Metrics, cfg: Config, out: Path) -> None:
     """Tables 3 and 1 and the Fig. 8 pair effects, as CSV and Markdown."""
+    if not m.has(study="design"):
+        return
     runs = final_runs(m, cfg)
     dropped = int((~np.isfinite(runs.srank)).sum())
     note = (f"{len(runs.env)} runs, final values; standard errors sqrt(s1^2/n1 + s0^2/n0); "
@@ -602,45 +718,243 @@ def analyse(m: C.Metrics, cfg: Config, out: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def curl_sweep_finals(m: C.Metrics, env: str, metric: str) -> dict[float, float]:
-    """Seed-mean final value of each CURL weight of the sweep."""
-    return {w: float(np.nanmean(m.last(env=env, study="curl_sweep", curl_weight=w, metric=metric)))
-            for w in m.values("curl_weight", env=env, study="curl_sweep")}
+def design_runs(runs: Runs, env: str) -> Runs:
+    return runs.where(runs.env == env)
+
+
+def claim_activation_largest(runs: Runs, cfg: Config) -> C.Claim:
+    from scipy import stats
+
+    fs = factors(cfg)
+    evidence = []
+    for env in dict.fromkeys(runs.env):
+        effects = [average_treatment_effect(design_runs(runs, env).srank, design_runs(runs, env).treated[:, i])
+                   for i in range(len(fs))]
+        (ate, se), others = effects[0], effects[1:]
+        if not np.isfinite(se) or se == 0:
+            evidence.append(C.Evidence(env, "not testable here", note="too few runs for a standard error"))
+            continue
+        # z-tests: the activation's effect is > 0, and > every other intervention's effect.
+        z = [ate / se] + [(ate - a) / np.hypot(se, b) for a, b in others]
+        p_claim = max(stats.norm.sf(v) for v in z)  # the weakest of the comparisons
+        p_other = min(stats.norm.cdf(v) for v in z)
+        verdict = "held" if p_claim < C.ALPHA else "not held" if p_other < C.ALPHA else "inconclusive"
+        note = ", ".join(f"{SHORT[f.key]} {a:.1f}" for f, (a, _) in zip(fs[1:], others))
+        evidence.append(C.Evidence(env, verdict, ate, ate - 1.96 * se, ate + 1.96 * se, p_claim,
+                                   len(design_runs(runs, env).env), f"the others: {note}"))
+    return C.Claim(
+        "interventions.activation", "Changing the activation function from ReLU to tanh drastically affects the "
+        "effective rank: the largest effect of the interventions (Section 5, Table 3).", "the ATE of ReLU -> tanh "
+        "on final srank over the runs of the design (with its standard error), per game", "held if it is > 0 and "
+        "> every other intervention's ATE (one-sided z-tests, the weakest p < 0.05); not held if it is < 0 or "
+        "below another's by the same tests", tuple(evidence))
+
+
+def claim_relu_threshold(runs: Runs, cfg: Config) -> C.Claim:
+    rng = np.random.default_rng(0)
+    evidence = []
+    for env in dict.fromkeys(runs.env):
+        sub = design_runs(runs, env).where(~design_runs(runs, env).treated[:, 0])
+        if not np.isfinite(sub.norm_ret).any():
+            evidence.append(C.Evidence(env, "not testable here", note="the data do not beat a random policy"))
+            continue
+        r = rank_threshold_effect(sub.srank, sub.norm_ret, 0.5, cfg.permutations, rng)
+        flipped = rank_threshold_effect(sub.srank, -sub.norm_ret, 0.5, cfg.permutations, rng)["p"]
+        if not np.isfinite(r["p"]):
+            evidence.append(C.Evidence(env, "not testable here", note="srank ties leave no run above the median"))
+            continue
+        verdict = "held" if r["p"] < C.ALPHA else "not held" if flipped < C.ALPHA else "inconclusive"
+        evidence.append(C.Evidence(env, verdict, r["ate"], r["ate"] - 1.96 * r["se"], r["ate"] + 1.96 * r["se"],
+                                   r["p"], r["n"], f"{r['n_high']} runs above the median"))
+    return C.Claim(
+        "interventions.relu_threshold", "For ReLU networks, choosing a network with a high effective rank has a "
+        "statistically significant positive effect on performance (Section 5, Table 1; the tanh results are "
+        "mixed and not claimed).", "over the ReLU runs of the design, the ATE on normalised return of srank above "
+        "its median (q = 0.5), per game", "held if the one-sided permutation p < 0.05; not held if the test in "
+        "the other direction gives p < 0.05", tuple(evidence))
+
+
+def claim_curl(m: C.Metrics, metric: str) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="curl_sweep"):
+        weights = sorted(m.values("curl_weight", env=env, study="curl_sweep"))
+        where = {"env": env, "study": "curl_sweep"}
+        diff = C.final_values(m, metric, curl_weight=weights[-1], **where) - \
+            C.final_values(m, metric, curl_weight=weights[0], **where)
+        evidence.append(C.directional(env, diff, "greater" if metric == "srank" else "less",
+                                      note=f"weight {weights[-1]:g} - {weights[0]:g}"))
+    if metric == "srank":
+        return C.Claim(
+            "interventions.curl_rank", "Very large CURL weights prevent rank collapse (Section 8.2, Fig. 16).",
+            "per seed, final srank with the largest CURL weight minus without CURL, in the control setting",
+            "held if > 0 (one-sided sign-flip test, p < 0.05); not held if < 0", tuple(evidence))
+    return C.Claim(
+        "interventions.curl_return", "...but they simultaneously deteriorate the agent's performance (Section 8.2, "
+        "Fig. 16).", "per seed, final return with the largest CURL weight minus without CURL", "held if < 0 "
+        "(one-sided sign-flip test, p < 0.05); not held if > 0", tuple(evidence))
+
+
+def bootstrap_runs(env: str, units: int, statistic: Callable[[np.ndarray], float], claimed: str,
+                   note: str = "", resamples: int = 2_000) -> C.Evidence:
+    """Evidence from a statistic over the design's runs (one seed each: the runs are the units):
+    a bootstrap over runs gives a 95% interval and the one-sided p (the share of resamples on the
+    other side of 0); held if p < 0.05 in the ``claimed`` direction, not held if in the other."""
+    rng = np.random.default_rng(0)
+    value = statistic(np.arange(units))
+    boot = np.asarray([statistic(rng.integers(units, size=units)) for _ in range(resamples)])
+    boot = boot[np.isfinite(boot)]
+    if not np.isfinite(value) or len(boot) < resamples / 2:
+        return C.Evidence(env, "not testable here", note=note or "the statistic is undefined on these runs")
+    sign = 1 if claimed == "greater" else -1
+    p_claim, p_other = float(np.mean(sign * boot <= 0)), float(np.mean(sign * boot >= 0))
+    verdict = "held" if p_claim < C.ALPHA else "not held" if p_other < C.ALPHA else "inconclusive"
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return C.Evidence(env, verdict, float(value), float(low), float(high), p_claim, units, note)
+
+
+def claim_narrow_correlation(m: C.Metrics, cfg: Config) -> C.Claim:
+    fs = factors(cfg)
+    evidence = []
+    for env in m.values("env", study="design"):
+        settings = configurations(m, fs, env=env, study="design")
+        points = [evaluation_points(m, env, [s]) for s in settings]
+        narrow = np.asarray([not treated_bits(fs, s)[[0, 1, 2]].any() for s in settings])
+
+        def gap(idx):
+            pick = lambda keep: [points[i] for i in idx if keep[i]]
+            cat = lambda ps: (np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps])) if ps else ([], [])
+            return C.spearman(*cat(pick(narrow))) - C.spearman(*cat(pick(np.ones_like(narrow))))
+
+        evidence.append(bootstrap_runs(env, len(settings), gap, "greater", note=f"{narrow.sum()} narrow runs"))
+    return C.Claim(
+        "interventions.narrow_correlation", "In a narrow setting rank and performance correlate; a broad "
+        "hyperparameter sweep makes the correlation disappear (Section 4, Fig. 1).", "Spearman's rho between srank "
+        "and return at every evaluation of the narrow setting's runs (ReLU, the control learning rate and target "
+        "period) minus the same over every run of the design; bootstrap over runs", "held if > 0 (bootstrap "
+        "one-sided p < 0.05); not held if < 0", tuple(evidence))
+
+
+def claim_relu_correlation(runs: Runs) -> C.Claim:
+    evidence = []
+    for env in dict.fromkeys(runs.env):
+        sub = design_runs(runs, env)
+
+        def gap(idx):
+            r = sub.where(idx)
+            relu, tanh = ~r.treated[:, 0], r.treated[:, 0]
+            return C.spearman(r.srank[relu], r.norm_ret[relu]) - C.spearman(r.srank[tanh], r.norm_ret[tanh])
+
+        evidence.append(bootstrap_runs(env, len(sub.env), gap, "greater"))
+    return C.Claim(
+        "interventions.relu_correlation", "The network with ReLU activations strongly correlates rank and "
+        "performance, whereas tanh does not (Section 5, Fig. 7).", "Spearman's rho between final srank and final "
+        "normalised return over the ReLU runs of the design minus over the tanh runs; bootstrap over runs",
+        "held if > 0 (bootstrap one-sided p < 0.05); not held if < 0", tuple(evidence))
+
+
+SIMPSON_MIN = 0.3  # a subgroup trend: |rho| >= 0.3 in both subgroups, with the same sign
+
+
+def simpson_paradoxes(runs: Runs, cfg: Config) -> list[str]:
+    """Factors whose two subgroups show the same srank-return trend (|rho| >= SIMPSON_MIN, same sign)
+    while the pooled runs do not (the pooled rho has the other sign or is within SIMPSON_MIN of 0)."""
+    found = []
+    pooled = C.spearman(runs.srank, runs.norm_ret)
+    for i, f in enumerate(factors(cfg)):
+        groups = [C.spearman(runs.srank[runs.treated[:, i] == t], runs.norm_ret[runs.treated[:, i] == t])
+                  for t in (False, True)]
+        if all(np.isfinite(groups)) and np.sign(groups[0]) == np.sign(groups[1]) and min(map(abs, groups)) >= \
+                SIMPSON_MIN and (np.sign(pooled) != np.sign(groups[0]) or abs(pooled) < SIMPSON_MIN):
+            found.append(f.key)
+    return found
+
+
+def claim_simpson(runs: Runs, cfg: Config) -> C.Claim:
+    evidence = []
+    for env in dict.fromkeys(runs.env):
+        sub = design_runs(runs, env)
+        if not np.isfinite(sub.norm_ret).any():
+            evidence.append(C.Evidence(env, "not testable here", note="the data do not beat a random policy"))
+            continue
+        found = simpson_paradoxes(sub, cfg)
+        evidence.append(C.Evidence(env, "not held" if found else "held", float(len(found)), n=len(sub.env),
+                                   note=("a paradox in: " + ", ".join(found)) if found else "no factor shows one"))
+    return C.Claim(
+        "interventions.simpson", "Splitting the runs into subgroups by hyperparameter and model variant finds no "
+        "trend that disappears when the subgroups are combined: no Simpson's paradox (Section 5).",
+        "for each factor, Spearman's rho(final srank, final normalised return) within its two levels and pooled",
+        f"held if no factor has both levels' rho of one sign with |rho| >= {SIMPSON_MIN} while the pooled rho has "
+        f"the other sign or |rho| < {SIMPSON_MIN}; not held otherwise (a count, with no interval)", tuple(evidence))
+
+
+SAM_MARGIN = 0.1  # "no clear relation": the change is within +-10% of the run without SAM
+
+
+def claim_sam(m: C.Metrics, study: str) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study=study):
+        where = {"env": env, "study": study, "curl_weight": 0.0}
+        rhos = sorted(m.values("sam_rho", **where))
+        if len(rhos) < 2:
+            evidence.append(C.Evidence(env, "not testable here", note="SAM was not run"))
+            continue
+        plain, sam = (C.final_values(m, "srank", sam_rho=r, **where) for r in (rhos[0], rhos[-1]))
+        evidence.append(C.two_sided(env, (sam - plain) / plain, SAM_MARGIN, "equal", note="relative change"))
+    figure = "Fig. 27" if study == "sam_pair" else "Fig. 28, the memory task standing in for DeepMind Lab"
+    return C.Claim(
+        f"interventions.sam{'' if study == 'sam_pair' else '_memory'}", f"There is no clear relation between "
+        f"smoothing the loss with SAM and the feature ranks (Appendix A.4, {figure}).", "per seed, the final srank "
+        "with SAM relative to without (the same seed, data and settings otherwise)", f"held if the 95% interval of "
+        f"the relative change lies within +-{SAM_MARGIN:.0%}; not held if it excludes 0 and is not inside that "
+        "margin", tuple(evidence))
+
+
+def claim_memory_curl(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="memory"):
+        where = {"env": env, "study": "memory", "sam_rho": 0.0}
+        weights = sorted(m.values("curl_weight", **where))
+        ret = np.stack([C.final_values(m, "return", curl_weight=w, **where) for w in weights])
+        rhos = [C.spearman(np.log10(np.asarray(weights) + 1e-4), r) for r in ret.T]
+        evidence.append(C.two_sided(env, rhos, 0.5, "equal", note=f"{len(weights)} weights"))
+    return C.Claim(
+        "interventions.memory_curl", "Across CURL loss weights there is no consistent pattern (Appendix A.6, "
+        "Fig. 30; the memory task standing in for DeepMind Lab).", "per seed, Spearman's rho between the CURL "
+        "weight and the final return", "held if the 95% interval of rho lies within +-0.5 (no strong trend); not "
+        "held if it excludes 0 and is not inside that margin (a consistent one)", tuple(evidence))
+
+
+def claim_memory_rank_return(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", study="memory"):
+        variants = [(w, r) for w, r in dict.fromkeys(zip(m.data["curl_weight"][m.mask(env=env, study="memory")],
+                                                          m.data["sam_rho"][m.mask(env=env, study="memory")]))]
+        where = {"env": env, "study": "memory"}
+        srank = np.stack([C.final_values(m, "srank", curl_weight=w, sam_rho=r, **where) for w, r in variants])
+        ret = np.stack([C.final_values(m, "return", curl_weight=w, sam_rho=r, **where) for w, r in variants])
+        rhos = [C.spearman(s, r) for s, r in zip(srank.T, ret.T)]
+        evidence.append(C.two_sided(env, rhos, 0.5, "equal", note=f"{len(variants)} variants"))
+    return C.Claim(
+        "interventions.memory_rank_return", "With CURL, with SAM, or as an aggregate, there is no strong "
+        "correlation between the performance and the rank of the agent (Appendix A.3, Fig. 26; the memory task "
+        "standing in for DeepMind Lab).", "per seed, Spearman's rho between final srank and final return over the "
+        "variants (CURL weights and SAM)", "held if the 95% interval of rho lies within +-0.5; not held if it "
+        "excludes 0 and is not inside that margin", tuple(evidence))
 
 
 def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
-    runs = final_runs(m, cfg)
-    effects = effect_rows(runs, cfg)[: len(factors(cfg))]  # the six interventions, not the level
-    largest = max(effects, key=lambda r: -np.inf if np.isnan(r["ate"]) else r["ate"])
-    table1 = threshold_rows(runs, cfg)
-    at_median = {(r["env"], r["type"]): r for r in table1 if r["quantile"] == 0.5}
-    envs = list(dict.fromkeys(runs.env))
-    # A test that could not be run (srank ties leave no run above the threshold: p is NaN) counts
-    # against the claim, not as "not significant".
-    relu, tanh = ({e: at_median[(e, t)] for e in envs} for t in ("ReLU", "Tanh"))
-    held2 = all(relu[e]["ate"] > 0 and relu[e]["p"] < 0.05 and np.isfinite(tanh[e]["p"]) and tanh[e]["p"] >= 0.05
-                for e in envs)
-    pvalues = "; ".join(f"{C.short_env(r['env'])} {r['type']} q={r['quantile']:g}: ATE {r['ate']:.3f}, p {r['p']:.3f} "
-                        f"({r['n_high']}/{r['n']} above)" for r in table1 if r["type"] != "Combined")
-    sweep = []
-    for env in m.values("env", study="curl_sweep"):
-        rank, ret = curl_sweep_finals(m, env, "srank"), curl_sweep_finals(m, env, "return")
-        none, large = min(rank), max(rank)
-        sweep.append((env, large, rank[none], rank[large], ret[none], ret[large]))
-    return [
-        C.Claim("interventions.1", "Switching ReLU -> tanh has the largest positive effect on srank of the interventions",
-                "ATE on final srank (pooled over the design and games), each intervention",
-                "; ".join(f"{r['intervention']}: {r['ate']:.1f} +- {r['se']:.1f}" for r in effects),
-                largest is effects[0] and effects[0]["ate"] > 0),
-        C.Claim("interventions.2", "High srank has a significant positive effect on return for ReLU networks but not "
-                "for tanh networks", "per game at q = 0.5: ReLU ATE > 0 with p < 0.05 and tanh p >= 0.05 "
-                "(one-sided permutation test); all quantiles listed", pvalues, held2),
-        C.Claim("interventions.3", "A large CURL weight raises srank without raising return",
-                "CURL sweep, seed-mean final srank and return, the smallest weight (0) vs the largest",
-                "; ".join(f"{C.short_env(e)} w={w:g}: srank {a:.1f} -> {b:.1f}, return {c:.2f} -> {d:.2f}"
-                          for e, w, a, b, c, d in sweep) or "no CURL sweep was run",
-                bool(sweep) and all(b > a and d <= c for _, _, a, b, c, d in sweep)),
-    ]
+    out = []
+    if m.has(study="design"):
+        runs = final_runs(m, cfg)
+        out += [claim_activation_largest(runs, cfg), claim_relu_threshold(runs, cfg), claim_narrow_correlation(m, cfg),
+                claim_relu_correlation(runs), claim_simpson(runs, cfg)]
+    if m.has(study="curl_sweep"):
+        out += [claim_curl(m, "srank"), claim_curl(m, "return")]
+    if m.has(study="sam_pair"):
+        out.append(claim_sam(m, "sam_pair"))
+    if m.has(study="memory"):
+        out += [claim_sam(m, "memory"), claim_memory_curl(m), claim_memory_rank_return(m)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -760,39 +1074,78 @@ def plot_curl_sweep(plt, m: C.Metrics, out: Path) -> None:
     C.save_figure(fig, out, "fig16_curl_weights")
 
 
-def plot_sam(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
-    """Fig. 27: SAM against no SAM along training, per activation, over the runs of the design."""
-    fs = factors(cfg)
-    envs = m.values("env", study="design")
+def plot_sam(plt, m: C.Metrics, out: Path, study: str, name: str, title: str) -> None:
+    """Fig. 27 (the control setting) and Fig. 28 (the memory task): with and without SAM, the same
+    seeds, data and settings otherwise."""
+    envs = m.values("env", study=study)
     fig, axes = plt.subplots(2, len(envs), figsize=(5 * len(envs), 6), squeeze=False, sharex="col")
     for j, env in enumerate(envs):
-        settings = configurations(m, fs, env=env, study="design")
-        for act in (fs[0].control, fs[0].treatment):
-            for rho in (0.0, fs[3].treatment):
-                chosen = [s for s in settings if s["activation"] == act and s["sam_rho"] == rho]
-                if not chosen:
-                    continue
-                for i, metric in enumerate(("srank", "return")):
-                    steps = m.curves(env=env, study="design", metric=metric, **chosen[0])[0]
-                    grid = np.concatenate([m.curves(env=env, study="design", metric=metric, **s)[1] for s in chosen])
-                    C.plot_band(axes[i, j], steps, grid, f"{act}, SAM {fmt(rho)}" if i == 0 else None,
-                                ACT_COLORS[act], ls="-" if rho else "--")
+        for rho, style in zip(sorted(m.values("sam_rho", env=env, study=study)), ("--", "-")):
+            for i, metric in enumerate(("srank", "return")):
+                C.plot_band(axes[i, j], *m.curves(env=env, study=study, sam_rho=rho, curl_weight=0.0, metric=metric),
+                            f"SAM radius {rho:g}" if i == 0 else None, "tab:purple", ls=style)
         axes[0, j].set(title=env, ylabel="srank")
         axes[1, j].set(ylabel="evaluation return", xlabel="gradient steps")
         axes[0, j].legend()
-    fig.suptitle("Fig. 27: with and without SAM, mean over the design's runs of each group (band = standard error)")
-    C.save_figure(fig, out, "fig27_sam")
+    fig.suptitle(f"{title} ({C.seeds_note(m, env=envs[0], study=study)})")
+    C.save_figure(fig, out, name)
+
+
+def plot_memory_curl(plt, m: C.Metrics, out: Path) -> None:
+    """Fig. 30 (the memory task standing in for DeepMind Lab): srank and return per CURL weight."""
+    env = m.values("env", study="memory")[0]
+    where = {"env": env, "study": "memory", "sam_rho": 0.0}
+    weights = sorted(m.values("curl_weight", **where))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for w, color in zip(weights, plt.cm.viridis(np.linspace(0, 0.9, len(weights)))):
+        steps, curves = m.curves(curl_weight=w, metric="srank", **where)
+        C.plot_band(axes[0], np.maximum(steps, 1), curves, f"CURL weight {w:g}", color)
+        C.plot_band(axes[1], *m.curves(curl_weight=w, metric="return", **where), None, color)
+    axes[0].set(xscale="log", xlabel="gradient steps", ylabel="srank of the LSTM's output")
+    axes[1].set(xlabel="gradient steps", ylabel="evaluation return")
+    axes[0].legend()
+    fig.suptitle(f"Fig. 30 (stand-in for DeepMind Lab): {env}, LSTM agent, CURL weights "
+                 f"({C.seeds_note(m, **where)})")
+    C.save_figure(fig, out, "fig30_memory_curl")
+
+
+def plot_memory_rank_return(plt, m: C.Metrics, out: Path) -> None:
+    """Fig. 26 (the memory task standing in for DeepMind Lab): final srank against final return of
+    every variant and seed."""
+    env = m.values("env", study="memory")[0]
+    where = {"env": env, "study": "memory"}
+    variants = list(dict.fromkeys(zip(m.data["curl_weight"][m.mask(**where)], m.data["sam_rho"][m.mask(**where)])))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    all_s, all_r = [], []
+    for (w, rho), color in zip(variants, plt.cm.tab10(np.arange(len(variants)))):
+        s = C.final_values(m, "srank", curl_weight=w, sam_rho=rho, **where)
+        r = C.final_values(m, "return", curl_weight=w, sam_rho=rho, **where)
+        label = f"SAM {rho:g}" if rho else f"CURL {w:g}" if w else "plain"
+        ax.scatter(s, r, color=color, s=18, label=label)
+        all_s += list(s)
+        all_r += list(r)
+    ax.set(xlabel="final srank", ylabel="final return", title=f"{env}: Spearman over all {C.spearman(all_s, all_r):.2f}")
+    ax.legend(fontsize=6)
+    fig.suptitle("Fig. 26 (stand-in for DeepMind Lab): srank against return, LSTM agent with CURL and SAM")
+    C.save_figure(fig, out, "fig26_memory_rank_vs_return")
 
 
 def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
     plt = C.plot_setup()
-    runs = final_runs(m, cfg)
-    plot_rank_vs_return_sweep(plt, m, cfg, out)
-    plot_rank_vs_return_activation(plt, runs, out)
-    plot_pairs(plt, runs, cfg, out)
+    if m.has(study="design"):
+        runs = final_runs(m, cfg)
+        plot_rank_vs_return_sweep(plt, m, cfg, out)
+        plot_rank_vs_return_activation(plt, runs, out)
+        plot_pairs(plt, runs, cfg, out)
     if m.has(study="curl_sweep"):
         plot_curl_sweep(plt, m, out)
-    plot_sam(plt, m, cfg, out)
+    if m.has(study="sam_pair"):
+        plot_sam(plt, m, out, "sam_pair", "fig27_sam", "Fig. 27: the control setting with and without SAM")
+    if m.has(study="memory"):
+        plot_sam(plt, m, out, "memory", "fig28_memory_sam", "Fig. 28 (stand-in for DeepMind Lab): the LSTM agent on "
+                 "the memory task with and without SAM")
+        plot_memory_curl(plt, m, out)
+        plot_memory_rank_return(plt, m, out)
 
 
 STUDY = C.Study("exp_interventions", __doc__.split("\n\n")[0], PRESETS, run, claims, plot, analyse)

@@ -1,14 +1,18 @@
 """The 12-learning-rate sweep: three phases of learning, rank against learning rate, dead ReLU
-units, and offline policy selection by rank (Sections 4.1, 7 and 10 of Gulcehre et al. 2022).
+units, TD against behaviour cloning, the minibatch size, and offline policy selection by rank
+(Sections 4.1, 7 and 10, Appendices A.7-A.9 of Gulcehre et al. 2022).
 
 Figures: 2/4/32 (srank and return per learning rate, phases marked), 5 (final srank against
-learning rate at several training lengths), 11/12 (dead units along training), 14 (dead units
-against srank), 19/20 (offline policy selection by srank and by dead units, simple regret),
-31 (the best learning rate by return at each training length).
+learning rate at three training lengths), 11/12 (dead units along training, DQN), 13 (BC over the
+same learning rates), 14 (dead units against srank), 19 (offline policy selection, the paper's
+simple regret), 20 (improvement of the selected policy over the median candidate), 31 (the best
+learning rate along training), 33 (srank against return at batch 32 and 256), 34 (srank against
+return per environment).
 
     make exp_lr_sweep                         # cpu preset: bsuite catch, cartpole, mountain_car
+    python exp_lr_sweep.py --preset long      # the paper's bsuite protocol: 1e6 steps, 5 seeds
     python exp_lr_sweep.py --preset paper --data-dir /data/dqn_replay   # the paper's Atari sweep
-    python exp_lr_sweep.py --plot-only        # redraw the figures from results/exp_lr_sweep/
+    python exp_lr_sweep.py --plot-only        # redraw the figures and claims from results/exp_lr_sweep/
     python exp_lr_sweep.py --help             # every setting, with the chosen preset's value
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -25,10 +30,12 @@ import common as C
 # Configuration
 # ------------------------------------------------------------------------------------------------
 
+SubStudy = Literal["dqn", "bc", "batch_size"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Offline double DQN trained with 12 learning rates: phases, rank, dead units, policy selection."""
+    """Offline DQN (and BC) trained with 12 learning rates: phases, rank, dead units, batch size, policy selection."""
 
     env: tuple[str, ...]
     """Environment ids (bsuite/<game>, minatar/<game>, atari/<Game>)."""
@@ -51,66 +58,79 @@ class Config:
     eval_episodes: int
     """Greedy evaluation episodes per member and evaluation."""
     batch_size: int
-    """Minibatch size (bsuite 32, Atari 256: Appendix A.12)."""
+    """Minibatch size of the sweep (bsuite 32, Atari 256: Appendix A.12)."""
     target_update_period: int
     """Gradient steps between target-network updates."""
     dataset_noise: float
     """bsuite/MinAtar collection: probability that the behaviour agent's action is replaced by a random one."""
     dataset_size: int
     """bsuite/MinAtar collection: transitions in the dataset."""
+    large_batch_size: int = 256
+    """The minibatch study's other batch size (Fig. 33)."""
+    large_batch_stride: int = 3
+    """The minibatch study trains every large_batch_stride-th learning rate of the sweep at large_batch_size."""
+    studies: tuple[SubStudy, ...] = ("dqn", "bc", "batch_size")
+    """What to run: the DQN sweep, the BC sweep over the same rates and data, the minibatch study."""
     gamma: float = 0.99
     """Discount."""
     optimizer: C.Optimizer = "adam"
     """Optimizer (the paper's: Adam)."""
     probe_size: int = 512
     """States in the fixed probe batch for srank and dead units (the paper's rank batch)."""
-    short_fraction: float = 0.25
-    """The shorter training length of Fig. 5 and Fig. 19/20, as a fraction of the run."""
+    short_fraction: float = 0.1
+    """The shorter training length of Fig. 5, 19 and 20, as a fraction of the run (the paper: 2M of 20M steps)."""
+    checkpoint_seconds: float = 60.0
+    """Wall seconds between checkpoints: a killed run resumes from the last one."""
     data_dir: str | None = None
     """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
     replay_checkpoints: tuple[int, ...] = (0,)
     """Atari: which DQN Replay checkpoints to load."""
 
-    checkpoint_seconds: float = 60.0
-    """Wall seconds between checkpoints: a killed run resumes from the last one."""
-
     def check(self) -> None:
         C.require(self.checkpoint_seconds >= 0, "--checkpoint-seconds must be >= 0")
         C.check_env_ids(self.env)
         C.require_positive(self, "seeds", "num_lrs", "num_steps", "chunk_steps", "eval_every", "eval_episodes",
-                           "batch_size", "target_update_period", "lr_min", "lr_max", "probe_size")
+                           "batch_size", "target_update_period", "lr_min", "lr_max", "probe_size",
+                           "large_batch_size", "large_batch_stride")
         C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
         C.require(self.lr_min <= self.lr_max, f"--lr-min ({self.lr_min}) must not exceed --lr-max ({self.lr_max})")
-        C.require_fraction(self, "short_fraction")
+        C.require(0 < self.short_fraction < 1, f"--short-fraction must be in (0, 1) (got {self.short_fraction})")
         C.require_multiple(self, "num_steps", "chunk_steps")
         C.require_multiple(self, "eval_every", "chunk_steps")
+        C.require(self.num_steps // self.eval_every >= 2, "a run needs at least two evaluations after the start")
         if self.early_chunk_steps:
             C.require_multiple(self, "chunk_steps", "early_chunk_steps")
 
 
+BSUITE = ("bsuite/catch", "bsuite/cartpole", "bsuite/mountain_car")
+
 PRESETS = {
-    # The paper's bsuite hyperparameters (batch 32, 2x64 ReLU, Adam, discount 0.99) with the number
-    # of gradient steps scaled from 1e6 to 1e5 so that 3 envs x 12 rates x 2 seeds fit ~15 CPU minutes.
-    # The target network is updated every 100 steps, Acme's DQN default (the paper's bsuite value is
-    # not stated).
-    "cpu": Config(env=("bsuite/catch", "bsuite/cartpole", "bsuite/mountain_car"), seeds=2, num_steps=100_000,
-                  chunk_steps=1_000, early_chunk_steps=100, eval_every=10_000, eval_episodes=10, lr_min=1e-5,
-                  lr_max=1e-1, num_lrs=12, batch_size=32, target_update_period=100, dataset_noise=0.1,
-                  dataset_size=50_000),
-    # The paper's long-run Atari sweep (DQN-256-20M) on its nine online-policy-selection games.
+    # The paper's bsuite hyperparameters (batch 32, 2x64 ReLU, Adam, discount 0.99) with 1e5 gradient
+    # steps instead of 1e6. The target network is updated every 100 steps, Acme's DQN default (the
+    # paper's bsuite value is not stated).
+    "cpu": Config(env=BSUITE, seeds=5, num_steps=100_000, chunk_steps=1_000, early_chunk_steps=100, eval_every=5_000,
+                  eval_episodes=10, lr_min=1e-5, lr_max=1e-1, num_lrs=12, batch_size=32, target_update_period=100,
+                  dataset_noise=0.1, dataset_size=50_000),
+    # The paper's bsuite protocol: 1e6 gradient steps, 5 seeds.
+    "long": Config(env=BSUITE, seeds=5, num_steps=1_000_000, chunk_steps=5_000, early_chunk_steps=100,
+                   eval_every=50_000, eval_episodes=10, lr_min=1e-5, lr_max=1e-1, num_lrs=12, batch_size=32,
+                   target_update_period=100, dataset_noise=0.1, dataset_size=50_000),
+    # The paper's long-run Atari sweep (DQN-256-20M) on its nine online-policy-selection games; the
+    # minibatch study compares with DQN-32 (the paper's DQN-32-100M).
     "paper": Config(env=tuple(f"atari/{g}" for g in ("BeamRider", "DemonAttack", "DoubleDunk", "IceHockey",
                                                      "MsPacman", "Pooyan", "RoadRunner", "Robotank", "Zaxxon")),
                     seeds=5, num_steps=20_000_000, chunk_steps=10_000, early_chunk_steps=1_000, eval_every=500_000,
-                    eval_episodes=10, lr_min=1e-5, lr_max=1e-2, num_lrs=12, batch_size=256,
+                    eval_episodes=10, lr_min=1e-5, lr_max=1e-2, num_lrs=12, batch_size=256, large_batch_size=32,
                     target_update_period=2_500, dataset_noise=0.0, dataset_size=0, replay_checkpoints=(0, 1, 2, 3)),
     "smoke": Config(env=("bsuite/catch",), seeds=2, num_steps=2_000, chunk_steps=500, early_chunk_steps=100,
-                    eval_every=1_000, eval_episodes=4, lr_min=1e-4, lr_max=1e-1, num_lrs=4, batch_size=32,
-                    target_update_period=100, dataset_noise=0.1, dataset_size=2_000),
+                    eval_every=500, eval_episodes=4, lr_min=1e-4, lr_max=1e-1, num_lrs=4, batch_size=32,
+                    target_update_period=100, dataset_noise=0.1, dataset_size=2_000, large_batch_size=64,
+                    large_batch_stride=2),
 }
 
 
-def learning_rates(cfg: Config) -> np.ndarray:
-    return np.geomspace(cfg.lr_min, cfg.lr_max, cfg.num_lrs)
+def learning_rates(cfg: Config) -> list[float]:
+    return [float(lr) for lr in np.geomspace(cfg.lr_min, cfg.lr_max, cfg.num_lrs)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,63 +139,54 @@ def learning_rates(cfg: Config) -> np.ndarray:
 
 
 def run(cfg: Config, out: Path, timings: C.Timings) -> dict:
-    """Per environment: one fixed dataset; offline double DQN with a ReLU network (Huber loss,
-    Adam, a target network), 12 learning rates x seeds as one vmapped program; every chunk the
-    probe metrics on a fixed batch of 512 dataset states; every ``eval_every`` steps the greedy
-    policy's return."""
+    """Per environment: one fixed dataset. Offline double DQN with a ReLU network (Huber loss,
+    Adam, a target network) at 12 learning rates x seeds, one vmapped program; behaviour cloning
+    (cross-entropy of the logged action, the same network) at the same rates on the same data;
+    and DQN at a larger minibatch on every few of the rates. Every chunk the probe metrics on a
+    fixed batch of 512 dataset states; every ``eval_every`` steps the greedy policy's return and
+    value error."""
     rows = []
     for env_id in cfg.env:
         with timings("collect"):
             ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
                                    data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
         net = C.default_network(env_id, ds.num_actions, activation="relu")  # bsuite: a 2x64 MLP
-        loss = C.DoubleDQN(gamma=cfg.gamma, clip_rewards=env_id.startswith("atari/"))
-        train = C.TrainConfig(num_steps=cfg.num_steps, chunk_steps=cfg.chunk_steps,
-                              early_chunk_steps=cfg.early_chunk_steps, batch_size=cfg.batch_size,
-                              optimizer=cfg.optimizer, target_update_period=cfg.target_update_period,
-                              probe_size=cfg.probe_size, eval_every=cfg.eval_every,
-                              checkpoint_seconds=cfg.checkpoint_seconds)
-        evaluate = C.Evaluator(env_id, episodes=cfg.eval_episodes)  # greedy, environments seeded by EVAL_SEED
-        members = [C.Member(seed=s, learning_rate=float(lr), columns={"lr": float(lr)})
-                   for s in range(cfg.seeds) for lr in learning_rates(cfg)]
-        result = C.train_offline(net, ds, loss, members, train, evaluate=evaluate,
-                                 columns={"study": "lr_sweep", "env": env_id, "agent": "dqn"},
-                                 checkpoints=out / "checkpoints", timings=timings)
-        rows += result.rows
+        dqn = C.DoubleDQN(gamma=cfg.gamma, clip_rewards=env_id.startswith("atari/"))
+        evaluate = C.Evaluator(env_id, episodes=cfg.eval_episodes, gamma=cfg.gamma)  # greedy, seeded by EVAL_SEED
+
+        def sweep(agent: str, loss: C.Loss, rates: list[float], batch_size: int) -> list[dict]:
+            train = C.TrainConfig(num_steps=cfg.num_steps, chunk_steps=cfg.chunk_steps,
+                                  early_chunk_steps=cfg.early_chunk_steps, batch_size=batch_size,
+                                  optimizer=cfg.optimizer, target_update_period=cfg.target_update_period,
+                                  probe_size=cfg.probe_size, eval_every=cfg.eval_every,
+                                  checkpoint_seconds=cfg.checkpoint_seconds)
+            members = [C.Member(seed=s, learning_rate=lr, columns={"lr": lr, "batch_size": batch_size})
+                       for s in range(cfg.seeds) for lr in rates]
+            return C.train_offline(net, ds, loss, members, train, evaluate=evaluate,
+                                   columns={"study": "lr_sweep", "env": env_id, "agent": agent},
+                                   checkpoints=out / "checkpoints", timings=timings).rows
+
+        if "dqn" in cfg.studies:
+            rows += sweep("dqn", dqn, learning_rates(cfg), cfg.batch_size)
+        if "bc" in cfg.studies:
+            rows += sweep("bc", C.BehaviourCloning(), learning_rates(cfg), cfg.batch_size)
+        if "batch_size" in cfg.studies:
+            rows += sweep("dqn", dqn, learning_rates(cfg)[::cfg.large_batch_stride], cfg.large_batch_size)
     C.write_metrics(out, rows)
-    return {"learning_rates": learning_rates(cfg).tolist()}
+    return {"learning_rates": learning_rates(cfg)}
 
 
 # ------------------------------------------------------------------------------------------------
-# The study's own pieces: phase detection and offline policy selection
+# The study's own pieces: offline policy selection
 # ------------------------------------------------------------------------------------------------
-
-EARLY_WINDOW = 0.05  # "within the first few percent of training"
-EARLY_DROP = 0.75  # an early collapse: srank falls to <= 75% of its initial value...
-RISE = 1.25  # ...and later rises to >= 125% of that minimum (phase 2)
-LATE_COLLAPSE = 0.5  # phase 3: the final srank is <= 50% of the peak reached after the early minimum
-PEAK_MARGIN = 0.1  # "higher in between": the interior peak exceeds both end rates by >= 10% of the peak
-
-
-def detect_phases(steps: np.ndarray, srank: np.ndarray, num_steps: int) -> dict:
-    """Phases of one (seed-mean) srank curve, by the thresholds above. Returns the early minimum
-    (step, value), the later peak, whether each phase occurred, and the final value."""
-    early = steps <= EARLY_WINDOW * num_steps
-    i_min = int(np.nanargmin(np.where(early, srank, np.inf)))
-    later = steps > steps[i_min]
-    i_peak = int(np.nanargmax(np.where(later, srank, -np.inf))) if later.any() else i_min
-    collapse = srank[i_min] <= EARLY_DROP * srank[0]
-    rise = collapse and srank[i_peak] >= RISE * srank[i_min]
-    late = rise and srank[-1] <= LATE_COLLAPSE * srank[i_peak]
-    return {"early_min": (steps[i_min], srank[i_min]), "peak": (steps[i_peak], srank[i_peak]),
-            "early_collapse": bool(collapse), "rise": bool(rise), "late_collapse": bool(late)}
 
 
 def selection_score(returns: np.ndarray, criterion: np.ndarray) -> float:
     """Normalised score of picking the candidate with the largest ``criterion``: (R_pick - R_min) /
-    (R_max - R_min), so 1 = the best candidate and 0 = the worst (what the paper's Fig. 19/20 plot
-    as simple regret). Ties in the criterion (srank and dead units are integers) are broken at
-    random, i.e. the tied candidates' scores are averaged. NaN if all returns are equal."""
+    (R_max - R_min), so 1 = the best candidate and 0 = the worst (what the paper's Fig. 19 plots as
+    simple regret, after Konyushkova et al. 2021). Ties in the criterion (srank and dead units are
+    integers) are broken at random, i.e. the tied candidates' scores are averaged. NaN if all
+    returns are equal."""
     lo, hi = np.nanmin(returns), np.nanmax(returns)
     tied = criterion == np.nanmax(criterion)
     return float(np.mean((returns[tied] - lo) / (hi - lo))) if hi > lo else float("nan")
@@ -187,91 +198,334 @@ def random_selection_score(returns: np.ndarray) -> float:
     return float(np.nanmean((returns - lo) / (hi - lo))) if hi > lo else float("nan")
 
 
+def improvement_over_median(returns: np.ndarray, criterion: np.ndarray) -> float:
+    """Fig. 20: the percentage by which the candidate picked by ``criterion`` (ties averaged)
+    returns more than the median candidate, relative to |median|; NaN where the median is 0."""
+    median = np.nanmedian(returns)
+    picked = np.mean(returns[criterion == np.nanmax(criterion)])
+    return float(100 * (picked - median) / abs(median)) if median != 0 else float("nan")
+
+
+RULES = {"srank": lambda srank, dead, ret: srank, "dead units": lambda srank, dead, ret: -dead,
+         "online": lambda srank, dead, ret: ret}  # online: the oracle that evaluates every candidate
+
+
 # ------------------------------------------------------------------------------------------------
-# Analysis and claims, from metrics.csv alone
+# Analysis, from metrics.csv alone
 # ------------------------------------------------------------------------------------------------
 
 
-def lrs(m: C.Metrics, env: str) -> list[float]:
-    return sorted(m.values("lr", env=env, agent="dqn"))
+def sweep_of(m: C.Metrics, env: str, agent: str = "dqn", batch_size: int | None = None) -> dict:
+    """The rows of one sweep: ``agent`` at ``batch_size`` (default: the sweep's own, the smallest)."""
+    sizes = sorted(m.values("batch_size", env=env, agent=agent))
+    return {"env": env, "agent": agent, "batch_size": batch_size or sizes[0], "study": "lr_sweep"}
 
 
-def at_step(m: C.Metrics, step: int, env: str, metric: str) -> np.ndarray:
-    """(learning rates, seeds) values at ``step``, in increasing learning rate."""
-    return np.stack([m.at_step(step, env=env, agent="dqn", lr=lr, metric=metric) for lr in lrs(m, env)])
+def rates(m: C.Metrics, where: dict) -> list[float]:
+    return sorted(m.values("lr", **where))
 
 
-def eval_step_near(m: C.Metrics, target: float) -> int:
-    steps = [s for s in m.steps(metric="return") if s > 0]
-    return int(min(steps, key=lambda s: abs(s - target)))
+def grid(m: C.Metrics, where: dict, metric: str, step: int | None = None) -> np.ndarray:
+    """(learning rates, seeds): the final value (C.final_values) or, with ``step``, the value there."""
+    if step is None:
+        return np.stack([C.final_values(m, metric, lr=lr, **where) for lr in rates(m, where)])
+    return np.stack([m.at_step(step, lr=lr, metric=metric, **where) for lr in rates(m, where)])
 
 
-def mean_curve(m: C.Metrics, env: str, lr: float, metric: str = "srank") -> tuple[np.ndarray, np.ndarray]:
-    steps, grid = m.curves(env=env, agent="dqn", lr=lr, metric=metric)
-    return steps, C.mean_and_stderr(grid)[0]
+def eval_steps(m: C.Metrics, where: dict) -> np.ndarray:
+    return np.asarray([s for s in m.steps(metric="return", **where) if s > 0])
 
 
-def selection_table(m: C.Metrics, env: str, step: int) -> dict[str, float]:
-    """Mean over seeds of the normalised selection score of each rule at ``step``."""
-    returns = at_step(m, step, env, "return")  # (lrs, seeds)
-    srank = at_step(m, step, env, "srank")
-    dead = at_step(m, step, env, "dead_units")
-    scores = {"srank": [], "dead_units": [], "random": []}
-    for s in range(returns.shape[1]):
-        scores["srank"].append(selection_score(returns[:, s], srank[:, s]))
-        scores["dead_units"].append(selection_score(returns[:, s], -dead[:, s]))
-        scores["random"].append(random_selection_score(returns[:, s]))
-    return {k: float(np.nanmean(v)) for k, v in scores.items()} | {f"{k}_se": float(C.mean_and_stderr(np.asarray(v))[1])
-                                                                     for k, v in scores.items()}
+def short_step(m: C.Metrics, where: dict, cfg: Config) -> int:
+    steps = eval_steps(m, where)
+    return int(steps[np.argmin(np.abs(steps - cfg.short_fraction * steps[-1]))])
 
 
-def lrs_by_return(m: C.Metrics, env: str, step: int) -> tuple[float, float, float]:
-    """The learning rate with the best seed-mean return at ``step``; where several tie (catch is
-    often solved by many), their geometric mean and the range of the tied rates."""
-    returns = np.nanmean(at_step(m, step, env, "return"), axis=1)
-    rates = np.asarray(lrs(m, env))
-    tied = rates[returns == np.nanmax(returns)]
-    return float(np.exp(np.mean(np.log(tied)))), float(tied.min()), float(tied.max())
+def phases(m: C.Metrics, where: dict) -> dict[tuple[float, int], C.Phases]:
+    """The phases of every (learning rate, seed) run."""
+    out = {}
+    for lr in rates(m, where):
+        steps, curves = m.curves(lr=lr, metric="srank", **where)
+        for seed, curve in zip(m.values("seed", lr=lr, metric="srank", **where), curves):
+            if np.isfinite(curve).all():
+                out[lr, seed] = C.detect_phases(steps, curve)
+    return out
+
+
+def selection_scores(m: C.Metrics, where: dict, step: int) -> dict[str, np.ndarray]:
+    """Per seed, the normalised score of picking by srank, by dead units and at random at ``step``."""
+    ret, srank, dead = (grid(m, where, k, step) for k in ("return", "srank", "dead_units"))
+    seeds = range(ret.shape[1])
+    return {"srank": np.asarray([selection_score(ret[:, s], srank[:, s]) for s in seeds]),
+            "dead units": np.asarray([selection_score(ret[:, s], -dead[:, s]) for s in seeds]),
+            "random": np.asarray([random_selection_score(ret[:, s]) for s in seeds])}
+
+
+def best_lr(returns: np.ndarray, lrs: np.ndarray) -> float:
+    """The learning rate with the best return (the geometric mean of those tied for best)."""
+    tied = lrs[returns == np.nanmax(returns)]
+    return float(np.exp(np.mean(np.log(tied))))
+
+
+def srank_centroid(srank: np.ndarray, lrs: np.ndarray) -> np.ndarray:
+    """Per seed, the srank-weighted mean of log10(lr): where along the learning rates the rank sits."""
+    w = np.maximum(srank, 0)
+    return (np.log10(lrs)[:, None] * w).sum(axis=0) / w.sum(axis=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Claims: the paper's words, a per-seed statistic, a rule stated before the data
+# ------------------------------------------------------------------------------------------------
+
+STRONG = 0.5  # a "strong" correlation: |rho| >= 0.5 (Cohen's large effect), tested against that bound
+DEAD_ONSET, COLLAPSE_ONSET = 0.5, 0.1  # "many dead units": >= 50% of the layer; "catastrophic": srank <= 10% of its start
+UNITS_BOUND = 0.5  # dead units vs srank: only runs with at least half the units alive (the srank <= live bound is slack)
+
+
+def claim_inverted_u(m: C.Metrics, envs: list[str]) -> C.Claim:
+    evidence = []
+    for env in envs:
+        where = sweep_of(m, env)
+        x = np.log10(rates(m, where))
+        x = (x - x.mean()) / x.std()
+        srank = grid(m, where, "srank")
+        curvature = [np.polyfit(x, col, 2)[0] if np.isfinite(col).all() else np.nan for col in srank.T]
+        evidence.append(C.directional(env, curvature, "less"))
+    return C.Claim(
+        "lr_sweep.inverted_u", "Final srank is low for small and for large learning rates: its distribution over "
+        "the learning rates has a Gaussian-like shape (Section 4.1, Fig. 5).",
+        "per seed, the quadratic coefficient of a least-squares fit of final srank on standardised log10(lr); mean "
+        "over seeds, bootstrap 95% interval", "held if the coefficient is < 0 (one-sided sign-flip test over seeds, "
+        "p < 0.05); not held if > 0 by the same test", tuple(evidence))
+
+
+def claim_srank_shift(m: C.Metrics, envs: list[str], cfg: Config) -> C.Claim:
+    evidence = []
+    for env in envs:
+        where = sweep_of(m, env)
+        lrs = np.asarray(rates(m, where))
+        end = int(eval_steps(m, where)[-1])
+        shift = srank_centroid(grid(m, where, "srank", end), lrs) - \
+            srank_centroid(grid(m, where, "srank", short_step(m, where, cfg)), lrs)
+        evidence.append(C.directional(env, shift, "less"))
+    return C.Claim(
+        "lr_sweep.srank_shift", "The distribution of rank shifts towards low learning rates as the agents train "
+        "longer (Section 4.1, Fig. 5).", f"per seed, the srank-weighted mean of log10(lr) at the end minus at "
+        f"{cfg.short_fraction:.0%} of training", "held if the shift is < 0 (one-sided sign-flip test, p < 0.05); "
+        "not held if > 0", tuple(evidence))
+
+
+def claim_dead_units_rise(m: C.Metrics, envs: list[str]) -> C.Claim:
+    evidence = []
+    for env in envs:
+        where = sweep_of(m, env)
+        dead = grid(m, where, "dead_units")
+        if np.nanmax(dead) == 0:
+            evidence.append(C.Evidence(env, "not testable here", note="no unit died at any learning rate"))
+            continue
+        x = np.log10(rates(m, where))
+        evidence.append(C.directional(env, [C.spearman(x, col) for col in dead.T], "greater"))
+    return C.Claim(
+        "lr_sweep.dead_units_rise", "Increasing the learning rate increases the number of dead units (Section 7, "
+        "Figs. 11 and 12).", "per seed, Spearman's rho between log10(lr) and the final number of dead units",
+        "held if rho > 0 (one-sided sign-flip test, p < 0.05); not held if < 0", tuple(evidence))
+
+
+def claim_dead_units_srank(m: C.Metrics, envs: list[str]) -> C.Claim:
+    evidence = []
+    for env in envs:
+        where = sweep_of(m, env)
+        dead, srank, units = grid(m, where, "dead_units"), grid(m, where, "srank"), C.layer_width(m, where)
+        rhos = []
+        for d, s in zip(dead.T, srank.T):
+            keep = d <= UNITS_BOUND * units
+            rhos.append(C.spearman(d[keep], s[keep]) if keep.sum() >= 4 else np.nan)
+        if not np.isfinite(rhos).any():
+            evidence.append(C.Evidence(env, "not testable here", note="dead units do not vary among the runs with "
+                                       "half their units alive"))
+            continue
+        evidence.append(C.directional(env, np.asarray(rhos), "less", null=-STRONG))
+    return C.Claim(
+        "lr_sweep.dead_units_srank", "There is a strong correlation between the number of dead ReLU units of the "
+        "penultimate layer and its effective rank (Section 7, Fig. 14).",
+        "per seed, Spearman's rho between final dead units and final srank over the learning rates whose runs keep "
+        "at least half of their units alive (where the bound srank <= live units does not force it)",
+        f"held if rho < -{STRONG} (one-sided sign-flip test against -{STRONG}, p < 0.05); not held if rho > "
+        f"-{STRONG} by the same test", tuple(evidence))
+
+
+def claim_phases(m: C.Metrics, envs: list[str]) -> C.Claim:
+    evidence = []
+    for env in envs:
+        runs = phases(m, sweep_of(m, env))
+        seeds = sorted({s for _, s in runs})
+        if not any(p.early_collapse for p in runs.values()):
+            evidence.append(C.Evidence(env, "not testable here", note="no run collapsed early"))
+            continue
+        # Per seed: 1 if some learning rate shows the abrupt early collapse and then the rise, else -1.
+        shown = [1.0 if any(p.rise for (lr, s), p in runs.items() if s == seed) else -1.0 for seed in seeds]
+        evidence.append(C.directional(env, shown, "greater", note=f"{sum(v > 0 for v in shown)}/{len(shown)} seeds"))
+    return C.Claim(
+        "lr_sweep.phases", "A Q-network's srank first collapses abruptly, within a handful of gradient updates "
+        "(phase 1), then rises (phase 2) (Section 4.1, Fig. 2).",
+        f"per seed: +1 if at some learning rate srank falls to <= {C.EARLY_DROP:.0%} of its start within "
+        f"{C.EARLY_STEPS:,} steps and later climbs to >= {C.RISE_FACTOR}x and >= {C.RISE_UNITS} units above that "
+        "minimum, else -1", "held if the seeds show it more often than not (sign-flip test of the mean > 0, "
+        "p < 0.05: 5 of 5 seeds); not held if they do not (0 of 5)", tuple(evidence))
+
+
+def claim_early_vs_late_dead(m: C.Metrics, envs: list[str]) -> C.Claim:
+    evidence = []
+    for env in envs:
+        where = sweep_of(m, env)
+        runs = phases(m, where)
+        late = [(lr, s) for (lr, s), p in runs.items() if p.late_collapse]
+        if not late:
+            evidence.append(C.Evidence(env, "not testable here", note="no run entered phase 3 (a late collapse)"))
+            continue
+        diffs = []
+        for seed in sorted({s for _, s in runs}):
+            early = [m.at_step(p.minimum[0], lr=lr, metric="dead_units", **where)[seed]
+                     for (lr, s), p in runs.items() if s == seed and p.early_collapse]
+            late_dead = [C.final_values(m, "dead_units", lr=lr, **where)[seed] for lr, s in late if s == seed]
+            diffs.append(np.mean(late_dead) - np.mean(early) if early and late_dead else np.nan)
+        evidence.append(C.directional(env, diffs, "greater", note=f"{len(late)} late collapses"))
+    return C.Claim(
+        "lr_sweep.early_vs_late_dead", "In phase 1 the effective rank and the number of dead units are low, so the "
+        "early collapse is not caused by dead units; in phase 3 the number of dead units is high (Section 7).",
+        "per seed, the mean final dead units of its runs with a late collapse minus the mean dead units at the early "
+        "minimum of its runs with an early collapse", "held if > 0 (one-sided sign-flip test, p < 0.05); not held if "
+        "< 0", tuple(evidence))
+
+
+def onset_index(dead: np.ndarray, srank: np.ndarray, start: np.ndarray, units: int) -> float:
+    """The index of the smallest learning rate whose run ends with many dead units or a collapsed
+    srank (len(rates) if none does)."""
+    hit = (dead >= DEAD_ONSET * units) | (srank <= COLLAPSE_ONSET * start)
+    return float(np.argmax(hit)) if hit.any() else float(len(hit))
+
+
+def claim_td_vs_bc(m: C.Metrics, envs: list[str]) -> C.Claim:
+    evidence = []
+    for env in envs:
+        if not m.has(env=env, agent="bc"):
+            evidence.append(C.Evidence(env, "not testable here", note="the BC sweep was not run"))
+            continue
+        onsets = {}
+        for agent in ("dqn", "bc"):
+            where = sweep_of(m, env, agent)
+            dead, srank, start = grid(m, where, "dead_units"), grid(m, where, "srank"), grid(m, where, "srank", 0)
+            units = C.layer_width(m, where)
+            onsets[agent] = np.asarray([onset_index(d, s, s0, units) for d, s, s0 in zip(dead.T, srank.T, start.T)])
+        n = len(rates(m, sweep_of(m, env)))
+        if (onsets["dqn"] == n).all() and (onsets["bc"] == n).all():
+            evidence.append(C.Evidence(env, "not testable here", note="neither loss collapsed at any learning rate"))
+            continue
+        evidence.append(C.directional(env, onsets["bc"] - onsets["dqn"], "greater", note="in learning-rate steps"))
+    return C.Claim(
+        "lr_sweep.td_vs_bc", "Models with TD-learning losses have catastrophic rank collapses and many dead units at "
+        "lower learning rates than BC (Section 7, Figs. 11-13).",
+        f"per seed, the index of the smallest learning rate at which BC ends with >= {DEAD_ONSET:.0%} dead units or "
+        f"srank <= {COLLAPSE_ONSET:.0%} of its start, minus DQN's (the number of rates if none does)",
+        "held if > 0 (one-sided sign-flip test, p < 0.05); not held if < 0", tuple(evidence))
+
+
+def claim_selection(m: C.Metrics, envs: list[str], cfg: Config) -> C.Claim:
+    evidence = []
+    for env in envs:
+        where = sweep_of(m, env)
+        scores = selection_scores(m, where, short_step(m, where, cfg))
+        gain = scores["srank"] - scores["random"]
+        note = "" if np.isfinite(gain).sum() >= 2 else "every learning rate returned the same"
+        evidence.append(C.directional(env, gain, "greater", note=note))
+    return C.Claim(
+        "lr_sweep.selection", "Selecting the learning rate with the highest effective rank gives a good simple regret "
+        "after the usual (shorter) training (Section 10, Fig. 19).",
+        f"per seed at {cfg.short_fraction:.0%} of training: the normalised return of the rate with the highest srank "
+        "(1 = best candidate, 0 = worst) minus that of a random pick", "held if > 0 (one-sided sign-flip test, "
+        "p < 0.05); not held if < 0", tuple(evidence))
+
+
+def claim_selection_reversal(m: C.Metrics, envs: list[str], cfg: Config) -> C.Claim:
+    evidence = []
+    for env in envs:
+        where = sweep_of(m, env)
+        short, long = (selection_scores(m, where, step) for step in (short_step(m, where, cfg),
+                                                                      int(eval_steps(m, where)[-1])))
+        edge = (long["dead units"] - long["srank"]) - (short["dead units"] - short["srank"])
+        evidence.append(C.directional(env, edge, "greater"))
+    return C.Claim(
+        "lr_sweep.selection_reversal", "The number of dead units is a poor selection rule after the usual training "
+        "but becomes a good one after long training, where srank has collapsed for most learning rates "
+        "(Section 10).", f"per seed: (score of picking the fewest dead units - score of picking the highest srank) "
+        f"at the end minus the same at {cfg.short_fraction:.0%} of training", "held if > 0 (one-sided sign-flip "
+        "test, p < 0.05); not held if < 0", tuple(evidence))
+
+
+def claim_best_lr_falls(m: C.Metrics, envs: list[str]) -> C.Claim:
+    evidence = []
+    for env in envs:
+        where = sweep_of(m, env)
+        lrs, steps = np.asarray(rates(m, where)), eval_steps(m, where)
+        rhos = []
+        for s in range(grid(m, where, "return", int(steps[0])).shape[1]):
+            best = [best_lr(grid(m, where, "return", int(t))[:, s], lrs) for t in steps]
+            rhos.append(C.spearman(steps, np.log10(best)))
+        note = "" if np.isfinite(rhos).sum() >= 2 else "the best learning rate never changed"
+        evidence.append(C.directional(env, rhos, "less", note=note))
+    return C.Claim(
+        "lr_sweep.best_lr_falls", "As offline DQN is trained longer, the learning rate with the best online "
+        "performance goes down (Appendix A.7, Fig. 31).", "per seed, Spearman's rho between the evaluation step and "
+        "log10 of the best learning rate there", "held if rho < 0 (one-sided sign-flip test, p < 0.05); not held "
+        "if > 0", tuple(evidence))
+
+
+def claim_rank_return(m: C.Metrics, envs: list[str]) -> C.Claim:
+    evidence = []
+    for env in envs:
+        where = sweep_of(m, env)
+        srank, ret = grid(m, where, "srank"), grid(m, where, "return")
+        rhos = [C.spearman(s, r) for s, r in zip(srank.T, ret.T)]
+        note = "" if np.isfinite(rhos).sum() >= 2 else "every learning rate returned the same"
+        evidence.append(C.directional(env, rhos, "greater", note=note))
+    return C.Claim(
+        "lr_sweep.rank_return", "With ReLU networks, a DQN agent's effective rank and its performance correlate "
+        "significantly on most games (Appendix A.9, Fig. 34).", "per seed, Spearman's rho between final srank and "
+        "final return over the learning rates", "held if rho > 0 (one-sided sign-flip test, p < 0.05); not held if "
+        "< 0", tuple(evidence))
+
+
+def claim_batch_size(m: C.Metrics, envs: list[str]) -> C.Claim:
+    evidence = []
+    for env in envs:
+        sizes = sorted(m.values("batch_size", env=env, agent="dqn"))
+        if len(sizes) < 2:
+            evidence.append(C.Evidence(env, "not testable here", note="one batch size was run"))
+            continue
+        small, large = (sweep_of(m, env, "dqn", b) for b in sizes[:2])
+        shared = rates(m, large)
+        rho = {}
+        for name, where in (("small", small), ("large", large)):
+            srank = np.stack([C.final_values(m, "srank", lr=lr, **where) for lr in shared])
+            ret = np.stack([C.final_values(m, "return", lr=lr, **where) for lr in shared])
+            rho[name] = np.asarray([C.spearman(s, r) for s, r in zip(srank.T, ret.T)])
+        evidence.append(C.two_sided(env, rho["small"] - rho["large"], 0.2, "different",
+                                    note=f"batch {sizes[0]} - batch {sizes[1]}, {len(shared)} rates"))
+    return C.Claim(
+        "lr_sweep.batch_size", "The correlation between rank and performance found in a narrow setting depends on "
+        "the minibatch size and the learning rate together (Section 7, Figs. 1 and 33).",
+        "per seed, Spearman's rho(final srank, final return) over the shared learning rates at the small batch "
+        "minus at the large batch", "held if the 95% interval of the difference excludes 0 and is not inside "
+        "+-0.2; not held if it lies within +-0.2 (the same correlation at both sizes)",
+        tuple(evidence))
 
 
 def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
-    envs = m.values("env")
-    num_steps = int(m.steps().max())
-    short = eval_step_near(m, cfg.short_fraction * num_steps)
-    inverted_u, dead_lr, dead_srank, early, regret = {}, {}, {}, {}, {}
-    for env in envs:
-        log_lrs = np.log10(lrs(m, env))
-        srank = at_step(m, num_steps, env, "srank")  # (lrs, seeds)
-        dead = at_step(m, num_steps, env, "dead_units")
-        mean = np.nanmean(srank, axis=1)
-        peak = int(np.nanargmax(mean))
-        inverted_u[env] = bool((0 < peak < len(mean) - 1) and min(mean[peak] - mean[0], mean[peak] - mean[-1])
-                               >= PEAK_MARGIN * mean[peak])
-        dead_lr[env] = C.spearman(np.repeat(log_lrs, srank.shape[1]), dead.ravel())
-        dead_srank[env] = C.pearson(dead.ravel(), srank.ravel())
-        early[env] = sum(detect_phases(*mean_curve(m, env, lr), num_steps)["rise"] for lr in lrs(m, env))
-        regret[env] = selection_table(m, env, short)
-    srank_sel = np.nanmean([regret[e]["srank"] for e in envs])
-    random_sel = np.nanmean([regret[e]["random"] for e in envs])
-    fmt = lambda d: ", ".join(f"{C.short_env(e)}: {v:.2f}" if isinstance(v, float) else f"{C.short_env(e)}: {v}"
-                              for e, v in d.items())
-    return [
-        C.Claim("lr_sweep.1", "Final srank against log learning rate is low at both ends and higher in between",
-                "seed-mean final srank peaks at an interior rate, >= 10% above both end rates, per env",
-                fmt(inverted_u), all(inverted_u.values())),
-        C.Claim("lr_sweep.2", "Dead units grow with the learning rate and correlate negatively with srank (ReLU)",
-                "Spearman(log lr, final dead units) > 0 and Pearson(dead units, srank) < 0, per env",
-                f"spearman {fmt(dead_lr)}; pearson {fmt(dead_srank)}",
-                all(dead_lr[e] > 0 and dead_srank[e] < 0 for e in envs)),
-        C.Claim("lr_sweep.3", "An early abrupt srank drop (first 5% of training) followed by a rise, in at least "
-                "one learning rate per environment",
-                f"learning rates with a drop to <= {EARLY_DROP:.0%} of the initial srank and a rise to >= "
-                f"{RISE:.0%} of that minimum, per env", fmt(early), all(v >= 1 for v in early.values())),
-        C.Claim("lr_sweep.4", "Selecting the learning rate with maximal srank beats random selection at the "
-                f"shorter training length (step {short})",
-                "mean normalised selection score (1 = best, 0 = worst) by max srank vs random",
-                f"{srank_sel:.3f} vs {random_sel:.3f}", bool(srank_sel > random_sel)),
-    ]
+    envs = m.values("env", agent="dqn")
+    return [claim_inverted_u(m, envs), claim_srank_shift(m, envs, cfg), claim_dead_units_rise(m, envs),
+            claim_dead_units_srank(m, envs), claim_phases(m, envs), claim_early_vs_late_dead(m, envs),
+            claim_td_vs_bc(m, envs), claim_selection(m, envs, cfg), claim_selection_reversal(m, envs, cfg),
+            claim_best_lr_falls(m, envs), claim_rank_return(m, envs), claim_batch_size(m, envs)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,123 +537,194 @@ def lr_colors(plt, n: int):
     return plt.cm.viridis(np.linspace(0, 0.95, n))
 
 
+def panels(plt, n: int, rows: int = 1, height: float = 3.4):
+    return plt.subplots(rows, n, figsize=(4.2 * n, height * rows), squeeze=False)
+
+
 def plot_phases(plt, m: C.Metrics, out: Path) -> None:
     """Fig. 2/4/32: srank and return per learning rate, phases marked on the srank curves."""
-    envs = m.values("env")
-    num_steps = int(m.steps().max())
-    fig, axes = plt.subplots(2, len(envs), figsize=(4.2 * len(envs), 6.4), squeeze=False)
+    envs = m.values("env", agent="dqn")
+    fig, axes = panels(plt, len(envs), 2, 3.2)
     for j, env in enumerate(envs):
-        for lr, color in zip(lrs(m, env), lr_colors(plt, len(lrs(m, env)))):
-            steps, grid = m.curves(env=env, agent="dqn", lr=lr, metric="srank")
-            C.plot_band(axes[0, j], np.maximum(steps, 1), grid, f"lr={lr:.2g}", color)
-            mean = C.mean_and_stderr(grid)[0]
-            phases = detect_phases(steps, mean, num_steps)
-            if phases["early_collapse"]:
-                axes[0, j].plot(max(phases["early_min"][0], 1), phases["early_min"][1], "v", color=color, ms=5)
-            if phases["late_collapse"]:
-                axes[0, j].plot(steps[-1], mean[-1], "x", color=color, ms=7, mew=2)
-            C.plot_band(axes[1, j], *m.curves(env=env, agent="dqn", lr=lr, metric="return"), None, color)
+        where = sweep_of(m, env)
+        runs = phases(m, where)
+        for lr, color in zip(rates(m, where), lr_colors(plt, len(rates(m, where)))):
+            steps, curves = m.curves(lr=lr, metric="srank", **where)
+            C.plot_band(axes[0, j], np.maximum(steps, 1), curves, f"lr={lr:.2g}", color)
+            for (rate, _), p in runs.items():
+                if rate == lr and p.early_collapse:
+                    axes[0, j].plot(max(p.minimum[0], 1), p.minimum[1], "v", color=color, ms=3, alpha=0.6)
+                if rate == lr and p.late_collapse:
+                    axes[0, j].plot(steps[-1], curves[:, -1].mean(), "x", color=color, ms=6, mew=1.5)
+            C.plot_band(axes[1, j], *m.curves(lr=lr, metric="return", **where), None, color)
         axes[0, j].set(xscale="log", title=env, ylabel="srank (probe batch of 512)")
         axes[1, j].set(xlabel="gradient steps", ylabel="evaluation return")
-    axes[0, 0].legend(ncol=2, title="▼ early collapse   ✕ late collapse", loc="lower left")
+    axes[0, 0].legend(ncol=2, title="▼ early collapse (a seed)   ✕ late collapse", loc="lower left", fontsize=6)
     fig.suptitle(f"Fig. 2/4/32: offline double DQN (ReLU) per learning rate ({C.seeds_note(m, env=envs[0])})")
     C.save_figure(fig, out, "fig02_srank_and_return_per_lr")
 
 
 def plot_srank_vs_lr(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
-    """Fig. 5: final srank against learning rate at several training lengths."""
-    envs = m.values("env")
-    num_steps = int(m.steps().max())
-    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
-    lengths = sorted({eval_step_near(m, f * num_steps) for f in (cfg.short_fraction, 0.5, 1.0)})
+    """Fig. 5: final srank against learning rate at three training lengths."""
+    envs = m.values("env", agent="dqn")
+    fig, axes = panels(plt, len(envs))
     for j, env in enumerate(envs):
+        where = sweep_of(m, env)
+        steps = eval_steps(m, where)
+        lengths = sorted({short_step(m, where, cfg), int(steps[len(steps) // 2]), int(steps[-1])})
         for length, shade in zip(lengths, np.linspace(0.35, 0.9, len(lengths))):
-            mean, err = C.mean_and_stderr(at_step(m, length, env, "srank").T)
-            axes[0, j].errorbar(lrs(m, env), mean, err, marker="o", ms=3, capsize=2, color=plt.cm.magma(1 - shade),
+            mean, err = C.mean_and_stderr(grid(m, where, "srank", length).T)
+            axes[0, j].errorbar(rates(m, where), mean, err, marker="o", ms=3, capsize=2, color=plt.cm.magma(1 - shade),
                                 label=f"{length:,} steps")
         axes[0, j].set(xscale="log", xlabel="learning rate", ylabel="srank", title=env)
     axes[0, 0].legend()
-    fig.suptitle(f"Fig. 5: srank against learning rate at several training lengths ({C.seeds_note(m, env=envs[0])})")
+    fig.suptitle(f"Fig. 5: srank against learning rate at three training lengths ({C.seeds_note(m, env=envs[0])})")
     C.save_figure(fig, out, "fig05_srank_vs_lr")
 
 
-def plot_dead_units(plt, m: C.Metrics, out: Path) -> None:
-    """Fig. 11/12: dead units along training per learning rate."""
-    envs = m.values("env")
-    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
+def plot_dead_units(plt, m: C.Metrics, out: Path, agent: str, name: str, title: str) -> None:
+    """Fig. 11/12 (DQN) and Fig. 13 (BC): dead units and srank along training per learning rate."""
+    envs = m.values("env", agent=agent)
+    fig, axes = panels(plt, len(envs), 2, 3.0)
     for j, env in enumerate(envs):
-        for lr, color in zip(lrs(m, env), lr_colors(plt, len(lrs(m, env)))):
-            steps, grid = m.curves(env=env, agent="dqn", lr=lr, metric="dead_units")
-            C.plot_band(axes[0, j], np.maximum(steps, 1), grid, f"lr={lr:.2g}", color)
-        axes[0, j].set(xscale="log", xlabel="gradient steps", ylabel="dead units (of 64)", title=env)
-    axes[0, 0].legend(ncol=2)
-    fig.suptitle(f"Fig. 11/12: dead ReLU units of the penultimate layer ({C.seeds_note(m, env=envs[0])})")
-    C.save_figure(fig, out, "fig11_dead_units")
+        where = sweep_of(m, env, agent)
+        for lr, color in zip(rates(m, where), lr_colors(plt, len(rates(m, where)))):
+            for i, metric in enumerate(("dead_units", "srank")):
+                steps, curves = m.curves(lr=lr, metric=metric, **where)
+                C.plot_band(axes[i, j], np.maximum(steps, 1), curves, f"lr={lr:.2g}" if i == 0 else None, color)
+        axes[0, j].set(xscale="log", ylabel=f"dead units (of {C.layer_width(m, where)})", title=env)
+        axes[1, j].set(xscale="log", xlabel="gradient steps", ylabel="srank")
+    axes[0, 0].legend(ncol=2, fontsize=6)
+    fig.suptitle(f"{title} ({C.seeds_note(m, env=envs[0], agent=agent)})")
+    C.save_figure(fig, out, name)
 
 
 def plot_dead_vs_srank(plt, m: C.Metrics, out: Path) -> None:
-    """Fig. 14: dead units against srank at the end of training, every learning rate and seed."""
-    envs = m.values("env")
-    num_steps = int(m.steps().max())
-    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
+    """Fig. 14: dead units against srank after training, every learning rate and seed."""
+    envs = m.values("env", agent="dqn")
+    fig, axes = panels(plt, len(envs))
     for j, env in enumerate(envs):
-        srank, dead = at_step(m, num_steps, env, "srank"), at_step(m, num_steps, env, "dead_units")
+        where = sweep_of(m, env)
+        srank, dead = grid(m, where, "srank"), grid(m, where, "dead_units")
         for k, color in enumerate(lr_colors(plt, len(srank))):
-            axes[0, j].scatter(dead[k], srank[k], color=color, s=14)
-        r = C.pearson(dead.ravel(), srank.ravel())
-        axes[0, j].set(xlabel="dead units", ylabel="srank", title=f"{env}  (Pearson r = {r:.2f})")
-    fig.suptitle("Fig. 14: dead units against srank after training (colour = learning rate, one dot per seed)")
+            axes[0, j].scatter(dead[k], srank[k], color=color, s=12)
+        axes[0, j].axvline(UNITS_BOUND * C.layer_width(m, where), color="0.5", ls=":", lw=0.8)
+        axes[0, j].set(xlabel="dead units (dotted: the claim's bound)", ylabel="srank",
+                       title=f"{env} (Spearman {C.spearman(dead.ravel(), srank.ravel()):.2f})")
+    fig.suptitle("Fig. 14: final dead units against final srank (colour = learning rate, one dot per seed)")
     C.save_figure(fig, out, "fig14_dead_units_vs_srank")
 
 
 def plot_policy_selection(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
-    """Fig. 19/20: offline policy selection at two training lengths."""
-    envs = m.values("env")
-    num_steps = int(m.steps().max())
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), squeeze=False)
-    rules = [("srank", "max srank"), ("dead_units", "fewest dead units"), ("random", "random (expected)")]
-    for j, length in enumerate((eval_step_near(m, cfg.short_fraction * num_steps), num_steps)):
-        width = 0.8 / (len(rules) + 1)
-        tables = [selection_table(m, env, length) for env in envs]
-        for k, (rule, label) in enumerate(rules):
-            axes[0, j].bar(np.arange(len(envs)) + k * width, [t[rule] for t in tables], width,
-                           yerr=[t[f"{rule}_se"] for t in tables], capsize=2, label=label)
-        axes[0, j].bar(np.arange(len(envs)) + len(rules) * width, np.ones(len(envs)), width, label="online (oracle)",
-                       color="0.7")
-        axes[0, j].set_xticks(np.arange(len(envs)) + 0.4 - width / 2, [C.short_env(e) for e in envs])
-        axes[0, j].set(ylim=(0, 1.05), ylabel="normalised score (1 = best lr)", title=f"after {length:,} steps")
+    """Fig. 19: the normalised score of each selection rule at the short and the full length."""
+    envs = m.values("env", agent="dqn")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
+    rules = ("srank", "dead units", "random")
+    width = 0.8 / len(rules)
+    for j, label in enumerate(("short", "end")):
+        for k, rule in enumerate(rules):
+            means, errs = [], []
+            for env in envs:
+                where = sweep_of(m, env)
+                step = short_step(m, where, cfg) if label == "short" else int(eval_steps(m, where)[-1])
+                mean, err = C.mean_and_stderr(selection_scores(m, where, step)[rule])
+                means.append(mean), errs.append(err)
+            axes[0, j].bar(np.arange(len(envs)) + k * width, means, width, yerr=errs, capsize=2, label=rule)
+        axes[0, j].set_xticks(np.arange(len(envs)) + width, [C.short_env(e) for e in envs])
+        axes[0, j].set(ylim=(0, 1.05), ylabel="normalised score (1 = best lr)",
+                       title=f"{'after ' + format(cfg.short_fraction, '.0%') + ' of training' if label == 'short' else 'at the end'}")
     axes[0, 0].legend(fontsize=6)
-    fig.suptitle(f"Fig. 19/20: offline policy selection over {len(lrs(m, envs[0]))} learning rates "
-                 f"(paper's simple regret, 1 = best; {C.seeds_note(m, env=envs[0])})")
+    fig.suptitle(f"Fig. 19: offline policy selection over the learning rates (the paper's simple regret, 1 = best; "
+                 f"{C.seeds_note(m, env=envs[0])})")
     C.save_figure(fig, out, "fig19_offline_policy_selection")
 
 
+def plot_improvement(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
+    """Fig. 20: percentage improvement of the selected learning rate over the median candidate."""
+    envs = m.values("env", agent="dqn")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), squeeze=False)
+    width = 0.8 / len(RULES)
+    for j, label in enumerate(("short", "end")):
+        for k, (rule, criterion) in enumerate(RULES.items()):
+            means, errs = [], []
+            for env in envs:
+                where = sweep_of(m, env)
+                step = short_step(m, where, cfg) if label == "short" else int(eval_steps(m, where)[-1])
+                ret, srank, dead = (grid(m, where, x, step) for x in ("return", "srank", "dead_units"))
+                values = [improvement_over_median(ret[:, s], criterion(srank[:, s], dead[:, s], ret[:, s]))
+                          for s in range(ret.shape[1])]
+                mean, err = C.mean_and_stderr(np.asarray(values))
+                means.append(mean), errs.append(err)
+            axes[0, j].bar(np.arange(len(envs)) + k * width, means, width, yerr=errs, capsize=2,
+                           label=f"{rule}{' (oracle)' if rule == 'online' else ''}")
+        axes[0, j].axhline(0, color="0.4", lw=0.8)
+        axes[0, j].set_xticks(np.arange(len(envs)) + width, [C.short_env(e) for e in envs])
+        axes[0, j].set(ylabel="% over the median learning rate", title="short" if label == "short" else "end")
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle("Fig. 20: return of the selected learning rate relative to the median candidate")
+    C.save_figure(fig, out, "fig20_selection_improvement")
+
+
 def plot_best_lr(plt, m: C.Metrics, out: Path) -> None:
-    """Fig. 31: the best learning rate by return at each training length."""
+    """Fig. 31: the best learning rate by return along training (per seed, then the median)."""
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for env in m.values("env"):
-        steps = [s for s in m.steps(env=env, metric="return") if s > 0]
-        best = np.asarray([lrs_by_return(m, env, s) for s in steps])  # (steps, [centre, lo, hi])
-        spread = np.maximum([best[:, 0] - best[:, 1], best[:, 2] - best[:, 0]], 0.0)  # >= 0 despite rounding
-        ax.errorbar(steps, best[:, 0], spread, marker="o", ms=3, capsize=2, label=env)
-    ax.set(yscale="log", xlabel="gradient steps",
-           ylabel="best learning rate (seed-mean return)\nbars: range of rates tied for best")
+    for env in m.values("env", agent="dqn"):
+        where = sweep_of(m, env)
+        lrs, steps = np.asarray(rates(m, where)), eval_steps(m, where)
+        best = np.asarray([[best_lr(grid(m, where, "return", int(t))[:, s], lrs)
+                            for s in range(len(m.values("seed", **where)))] for t in steps])  # (steps, seeds)
+        ax.plot(steps, np.exp(np.median(np.log(best), axis=1)), marker="o", ms=3, label=env)
+        ax.fill_between(steps, best.min(axis=1), best.max(axis=1), alpha=0.15)
+    ax.set(yscale="log", xlabel="gradient steps", ylabel="best learning rate\n(median over seeds; band: range)")
     ax.legend()
     fig.suptitle("Fig. 31: the best learning rate by online return along training")
     C.save_figure(fig, out, "fig31_best_lr_over_training")
+
+
+def plot_rank_vs_return(plt, m: C.Metrics, out: Path, by_batch: bool) -> None:
+    """Fig. 34 (one batch size, per environment) and Fig. 33 (batch sizes side by side): final srank
+    against final return, one dot per learning rate and seed."""
+    envs = m.values("env", agent="dqn")
+    fig, axes = panels(plt, len(envs))
+    for j, env in enumerate(envs):
+        sizes = sorted(m.values("batch_size", env=env, agent="dqn"))
+        for b, marker in zip(sizes if by_batch else sizes[:1], "os^"):
+            where = sweep_of(m, env, "dqn", b)
+            srank, ret = grid(m, where, "srank"), grid(m, where, "return")
+            colors = lr_colors(plt, len(learning_rates_of(m, env)))
+            index = {lr: i for i, lr in enumerate(learning_rates_of(m, env))}
+            for k, lr in enumerate(rates(m, where)):
+                axes[0, j].scatter(srank[k], ret[k], color=colors[index[lr]], marker=marker, s=14,
+                                   label=f"batch {b}" if k == 0 else None)
+            axes[0, j].plot([], [], " ", label=f"batch {b}: Spearman {C.spearman(srank.ravel(), ret.ravel()):.2f}")
+        axes[0, j].set(xlabel="final srank", ylabel="final return", title=env)
+        axes[0, j].legend(fontsize=6)
+    name, title = (("fig33_rank_vs_return_batch_size", "Fig. 33: srank against return at two minibatch sizes")
+                   if by_batch else ("fig34_rank_vs_return_relu", "Fig. 34: srank against return, ReLU DQN"))
+    fig.suptitle(f"{title} (colour = learning rate, one dot per seed)")
+    C.save_figure(fig, out, name)
+
+
+def learning_rates_of(m: C.Metrics, env: str) -> list[float]:
+    return rates(m, sweep_of(m, env))
 
 
 def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
     plt = C.plot_setup()
     plot_phases(plt, m, out)
     plot_srank_vs_lr(plt, m, cfg, out)
-    plot_dead_units(plt, m, out)
+    plot_dead_units(plt, m, out, "dqn", "fig11_dead_units", "Fig. 11/12: dead ReLU units and srank, offline DQN")
+    if m.has(agent="bc"):
+        plot_dead_units(plt, m, out, "bc", "fig13_bc_dead_units", "Fig. 13: behaviour cloning over the same "
+                        "learning rates and data")
     plot_dead_vs_srank(plt, m, out)
     plot_policy_selection(plt, m, cfg, out)
+    plot_improvement(plt, m, cfg, out)
     plot_best_lr(plt, m, out)
+    plot_rank_vs_return(plt, m, out, by_batch=False)
+    if len(m.values("batch_size", agent="dqn")) > 1:
+        plot_rank_vs_return(plt, m, out, by_batch=True)
 
-
-# ------------------------------------------------------------------------------------------------
 
 STUDY = C.Study("exp_lr_sweep", __doc__.split("\n\n")[0], PRESETS, run, claims, plot)
 

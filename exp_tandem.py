@@ -107,8 +107,8 @@ class Config:
         C.require(0 < self.fork_fraction < 1 and fork_step(self) % self.eval_every == 0,
                   f"fork_fraction x num_env_steps ({fork_step(self)}) must be a multiple of eval_every "
                   f"({self.eval_every}) inside the run")
-        C.require(self.replay_capacity >= INSERT_BLOCK_PER_ENV * self.num_envs,
-                  f"--replay-capacity must be at least {INSERT_BLOCK_PER_ENV * self.num_envs}")
+        C.require(self.replay_capacity >= C.INSERT_BLOCK_PER_ENV * self.num_envs,
+                  f"--replay-capacity must be at least {C.INSERT_BLOCK_PER_ENV * self.num_envs}")
 
 
 PRESETS = {
@@ -137,7 +137,6 @@ PRESETS = {
 
 TANDEM_ROLES = ("active", "passive")
 FORKED = ("forked_dqn", "forked_bve", "forked_mc")
-INSERT_BLOCK_PER_ENV = 8  # finished transitions a seed may move into its replay per vector step, per env
 
 
 def fork_step(cfg: Config) -> int:
@@ -248,7 +247,7 @@ class Program:
     def online(self) -> C.OnlineProgram:
         cfg = self.cfg
         return C.OnlineProgram(self.env_id, cfg.seeds, cfg.num_envs, self.env_seed, self.start, cfg.num_env_steps,
-                               cfg.log_every, INSERT_BLOCK_PER_ENV * cfg.num_envs, cfg.gamma)
+                               cfg.log_every, C.INSERT_BLOCK_PER_ENV * cfg.num_envs, cfg.gamma)
 
     def columns(self) -> list[dict]:
         """Learner-major, as the stacked parameters of ``stacked_params``."""
@@ -258,11 +257,11 @@ class Program:
     def identity(self, state: C.OnlineState) -> str:
         """Everything that decides this program's numbers: the traced step (network, losses,
         optimizer, schedule constants), the config, the probe, the initial state's origin."""
-        queue = C.EpisodeQueue(self.cfg.seeds, self.cfg.num_envs, INSERT_BLOCK_PER_ENV * self.cfg.num_envs,
+        queue = C.EpisodeQueue(self.cfg.seeds, self.cfg.num_envs, C.INSERT_BLOCK_PER_ENV * self.cfg.num_envs,
                                self.probe.shape[1:], self.probe.dtype, self.cfg.gamma)
         block = queue.take()
         obs = np.zeros((self.cfg.seeds, self.cfg.num_envs, *self.probe.shape[1:]), self.probe.dtype)
-        step = str(self.step_fn().trace(state, *block, obs, 0.0).jaxpr)
+        step = str(self.step_fn().trace(state, *block, obs, 0.0, True).jaxpr)
         config = C.jsonable(dataclasses.replace(self.cfg, checkpoint_seconds=0.0))  # when to save changes no number
         return C.run_identity(step=step, config=config, program=C.jsonable(self.online()),
                               columns=self.columns(), probe=C.digest(self.probe), parent=self.parent)
@@ -282,7 +281,8 @@ class Program:
             params = stacked_params(state.learners)
             with timings("probe"):
                 for name, v in probe_fn(params, probe).items():
-                    recorder.record(step, name, v)
+                    if name != "units" or step == self.start:  # the layer's width, once
+                        recorder.record(step, name, v)
             if mean_loss is not None:
                 recorder.record(step, "loss", mean_loss.T)  # (seeds, learners) -> learner-major
             if step % cfg.eval_every == 0:
@@ -326,53 +326,113 @@ def random_policy_states(env_id: str, size: int, seed: int = C.RANDOM_PROBE_SEED
 # Analysis and claims, from metrics.csv alone
 # ------------------------------------------------------------------------------------------------
 
-FINAL_WINDOW = 0.2  # "ends with": the mean over the evaluations (or probes) in the last 20% of the run
-
-
-def final(m: C.Metrics, metric: str, **where) -> float:
-    """Seed mean of each seed's mean over the points in the last FINAL_WINDOW of the run."""
-    steps, grid = m.curves(metric=metric, **where)
-    last = steps > steps[-1] - FINAL_WINDOW * steps[-1]
-    return float(C.mean_and_stderr(C.mean_and_stderr(grid[:, last], axis=1)[0])[0])
-
 
 def forked_start(m: C.Metrics, env: str) -> int:
     return int(m.steps(env=env, agent="forked_dqn").min())
 
 
-def forked_drops(m: C.Metrics, env: str) -> dict[str, float]:
-    """Return at the fork (all three copies are the same network there: their mean) minus the final
-    return, per forked agent."""
-    opt = m.values("optimizer", env=env, agent="forked_dqn")[0]
-    at_fork = np.nanmean([m.curves(env=env, agent=a, optimizer=opt, metric="return")[1][:, 0] for a in FORKED])
-    return {a: float(at_fork - final(m, "return", env=env, agent=a, optimizer=opt)) for a in FORKED} | {
-        "at_fork": float(at_fork), "fork_step": forked_start(m, env)}
+def at_fork_and_final(m: C.Metrics, env: str, agent: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed, the forked agent's value at the fork and its final value."""
+    opt = m.values("optimizer", env=env, agent=agent)[0]
+    where = {"env": env, "agent": agent, "optimizer": opt}
+    return m.at_step(forked_start(m, env), metric=metric, **where), C.final_values(m, metric, **where)
+
+
+def active_minus_passive(m: C.Metrics, metric: str) -> list[C.Evidence]:
+    evidence = []
+    for env in m.values("env", agent="active"):
+        for opt in m.values("optimizer", env=env, agent="active"):
+            gap = C.final_values(m, metric, env=env, agent="active", optimizer=opt) - \
+                C.final_values(m, metric, env=env, agent="passive", optimizer=opt)
+            label = f"{env} ({opt})"
+            if metric == "return" and np.all(gap == 0):
+                evidence.append(C.Evidence(label, "not testable here", note="both agents returned the same in every "
+                                           "seed (both solved the task)"))
+            else:
+                evidence.append(C.directional(label, gap, "greater"))
+    return evidence
+
+
+def claim_passive_return(m: C.Metrics) -> C.Claim:
+    return C.Claim(
+        "tandem.passive_return", "The passive agent's performance tends to be significantly (in most cases, "
+        "catastrophically) worse than the active agent's (Section 9, Fig. 17).", "per seed, final return of the "
+        "active agent minus the passive agent's, per environment and optimizer", "held if > 0 (one-sided sign-flip "
+        "test, p < 0.05); not held if < 0", tuple(active_minus_passive(m, "return")))
+
+
+def claim_passive_rank(m: C.Metrics) -> C.Claim:
+    return C.Claim(
+        "tandem.passive_rank", "Despite reusing data as the active agent does, the passive agent collapses to a "
+        "lower rank (Section 9, Fig. 17).", "per seed, final srank of the active agent minus the passive agent's, "
+        "per environment and optimizer", "held if > 0 (one-sided sign-flip test, p < 0.05); not held if < 0",
+        tuple(active_minus_passive(m, "srank")))
+
+
+def claim_optimizers(m: C.Metrics, metric: str) -> C.Claim:
+    evidence = []
+    for env in m.values("env", agent="active"):
+        if not {"adam", "rmsprop"} <= set(m.values("optimizer", env=env, agent="active")):
+            evidence.append(C.Evidence(env, "not testable here", note="Adam and RMSProp were not both run"))
+            continue
+        final = {o: C.final_values(m, metric, env=env, agent="active", optimizer=o) for o in ("adam", "rmsprop")}
+        gap = final["rmsprop"] - final["adam"] if metric == "srank" else final["adam"] - final["rmsprop"]
+        if metric == "return" and np.all(gap == 0):
+            evidence.append(C.Evidence(env, "not testable here", note="both optimizers returned the same"))
+            continue
+        evidence.append(C.directional(env, gap, "greater"))
+    if metric == "srank":
+        return C.Claim(
+            "tandem.adam_rank", "The rank of the model trained with Adam tends to be lower than with RMSProp "
+            "(Section 9, Fig. 17).", "per seed, the active agent's final srank with RMSProp minus with Adam (the "
+            "same seed: the same initial weights)", "held if > 0 (one-sided sign-flip test, p < 0.05); not held if "
+            "< 0", tuple(evidence))
+    return C.Claim(
+        "tandem.adam_return", "Adam achieves better performance than RMSProp (Section 9, Fig. 17).", "per seed, the "
+        "active agent's final return with Adam minus with RMSProp", "held if > 0 (one-sided sign-flip test, "
+        "p < 0.05); not held if < 0", tuple(evidence))
+
+
+def claim_forked_return(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", agent="forked_dqn"):
+        drop = {}
+        for agent in FORKED:
+            at_fork, end = at_fork_and_final(m, env, agent, "return")
+            drop[agent] = at_fork - end
+        gap = drop["forked_dqn"] - np.maximum(drop["forked_bve"], drop["forked_mc"])
+        if all(np.all(d <= 0) for d in drop.values()):
+            evidence.append(C.Evidence(env, "not testable here", note="no agent's return fell after the fork"))
+            continue
+        evidence.append(C.directional(env, gap, "greater"))
+    return C.Claim(
+        "tandem.forked_return", "After the fork, the performance of the passive Q-learning agent collapses; the "
+        "declines of BVE and of Monte-Carlo regression are not as bad (Section 9, Fig. 18).", "per seed, the return "
+        "lost after the fork (at the fork minus final) by double Q-learning minus the larger of BVE's and MC's",
+        "held if > 0 (one-sided sign-flip test, p < 0.05); not held if < 0", tuple(evidence))
+
+
+def claim_forked_rank(m: C.Metrics) -> C.Claim:
+    evidence = []
+    for env in m.values("env", agent="forked_dqn"):
+        rise = {}
+        for agent in FORKED:
+            at_fork, end = at_fork_and_final(m, env, agent, "srank")
+            rise[agent] = end - at_fork
+        evidence.append(C.directional(env, np.minimum(rise["forked_bve"], rise["forked_mc"]) - rise["forked_dqn"],
+                                      "greater"))
+    return C.Claim(
+        "tandem.forked_rank", "After the fork the Q-learning agent's rank flat-lines, while the ranks of BVE and "
+        "of Monte-Carlo regression go up (Section 9, Fig. 18).", "per seed, the smaller of BVE's and MC's srank "
+        "change after the fork (final minus at the fork) minus double Q-learning's", "held if > 0 (one-sided "
+        "sign-flip test, p < 0.05); not held if < 0", tuple(evidence))
 
 
 def claims(m: C.Metrics, cfg: Config) -> list[C.Claim]:
-    pairs = [(e, o) for e in m.values("env") for o in m.values("optimizer", env=e, agent="active")]
-    name = lambda e, o: f"{C.short_env(e)} {o}"
-    finals = {metric: {(e, o): {a: final(m, metric, env=e, agent=a, optimizer=o) for a in TANDEM_ROLES}
-                       for e, o in pairs} for metric in ("return", "srank")}
-    fmt = lambda metric: "; ".join(f"{name(e, o)}: {v['passive']:.3g} vs {v['active']:.3g}"
-                                   for (e, o), v in finals[metric].items())
-    lower = lambda metric: all(v["passive"] < v["active"] for v in finals[metric].values())
-    envs = [e for e in m.values("env") if m.has(env=e, agent="forked_dqn")]
-    drops = {e: forked_drops(m, e) for e in envs}
-    window = f"mean over the last {FINAL_WINDOW:.0%} of the run, then over seeds"
-    return [
-        C.Claim("tandem.1", "The passive agent ends with a lower return than the active agent",
-                f"final return passive vs active ({window}), per env and optimizer", fmt("return"), lower("return")),
-        C.Claim("tandem.2", "The passive agent ends with a lower srank than the active agent",
-                f"final srank passive vs active ({window}), per env and optimizer", fmt("srank"), lower("srank")),
-        C.Claim("tandem.3", "After the fork, the passive Q-learning agent's return falls more than the BVE and "
-                "Monte-Carlo agents' returns",
-                f"return at the fork minus final return ({window}) for dqn / bve / mc, per env",
-                "; ".join(f"{C.short_env(e)} (fork at {d['fork_step']}, return {d['at_fork']:.3g}): "
-                          + " / ".join(f"{d[a]:.3g}" for a in FORKED) for e, d in drops.items()),
-                all(d["forked_dqn"] > d["forked_bve"] and d["forked_dqn"] > d["forked_mc"] for d in drops.values())
-                if drops else None),
-    ]
+    out = [claim_passive_return(m), claim_passive_rank(m), claim_optimizers(m, "srank"), claim_optimizers(m, "return")]
+    if m.has(agent="forked_dqn"):
+        out += [claim_forked_return(m), claim_forked_rank(m)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

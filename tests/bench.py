@@ -208,6 +208,24 @@ def main(args: Args) -> None:
                     cost_vs_12_separate_runs=round(sweep_seconds / (12 * seconds), 3),
                     cost_vs_one_run=round(sweep_seconds / seconds, 2)))
 
+    # --- the probe: srank's SVD per member one at a time (the deadlock fix) against batched --------
+    members = [C.Member(s, float(lr)) for s in range(2) for lr in np.geomspace(1e-5, 1e-1, 12)]
+    params = C.init_learners(mlp, catch.obs[:1], C.seed_keys(m.seed for m in members),
+                             [m.learning_rate for m in members], "adam").params
+    probe = catch.stacked_obs(jnp.asarray(C.probe_rows(catch, 512)))
+    batched = jax.jit(jax.vmap(lambda p: C.effective_rank(mlp.apply(p, probe)[1])))  # one SVD kernel: cannot wedge
+    unbatched = jax.jit(C.per_member(lambda p: C.effective_rank(mlp.apply(p, probe)[1])))
+    probe_seconds = {}
+    for name, fn in (("batched", batched), ("per_member", unbatched)):
+        fn(params).block_until_ready()
+        start = time.perf_counter()
+        for _ in range(20):
+            fn(params).block_until_ready()
+        probe_seconds[name] = (time.perf_counter() - start) / 20
+    rows.append({"name": "probe_srank_24_members", "ms_per_probe_per_member": round(1e3 * probe_seconds["per_member"], 2),
+                 "ms_per_probe_batched": round(1e3 * probe_seconds["batched"], 2),
+                 "cost_of_the_deadlock_fix": round(probe_seconds["per_member"] / probe_seconds["batched"], 2)})
+
     # --- MinAtar CNN at batch 32: im2col against flax.linen.Conv --------------------------------
     minatar = synthetic_dataset((10, 10, 4), np.uint8, 50_000, 6)
     cfg_cnn = dataclasses.replace(cfg, chunk_steps=int(1_000 * scale), num_steps=int(1_000 * scale))

@@ -482,7 +482,7 @@ class FeaturePenalty:
     """A test loss: double DQN plus settings["weight"] x mean squared features (how a study's
     auxiliary loss reads a per-member setting)."""
 
-    def __call__(self, apply, params, target_params, batch, settings, key):
+    def __call__(self, apply, params, target_params, batch, settings, key, loss_state=()):
         value, aux = DQN(apply, params, target_params, batch, settings, key)
         return value + settings["weight"] * jnp.mean(aux["features"] ** 2), aux
 
@@ -532,9 +532,9 @@ def test_initial_params_equal_the_trainers_initial_weights():
 def test_evaluate_policies_shapes_and_transform_hook():
     net = C.MLP(3, (8,))
     params = jax.vmap(lambda k: net.init(k, jnp.zeros((1, 10, 5))))(jax.random.split(jax.random.key(0), 2))
-    returns = C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0)
-    assert returns.shape == (2, 4) and set(np.unique(returns)) <= {-1.0, 1.0}
-    same = C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0, obs_transform=lambda k, o: o)
+    returns, no_error = C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0)
+    assert returns.shape == (2, 4) and no_error is None and set(np.unique(returns)) <= {-1.0, 1.0}
+    same, _ = C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0, obs_transform=lambda k, o: o)
     np.testing.assert_array_equal(returns, same)
     seen = {}
 
@@ -545,6 +545,20 @@ def test_evaluate_policies_shapes_and_transform_hook():
     C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0, obs_transform=spy)
     assert seen["shape"] == (8, 10, 5)
     np.testing.assert_array_equal(C.Evaluator("bsuite/catch", 4, seed=0)(net, params)["return"], returns.mean(axis=1))
+
+
+def test_value_error_hand_computed():
+    """A network whose Q is the constant c everywhere: on catch (9 steps, reward r = +-1 at the end)
+    the discounted return from step t is r * gamma^(8 - t), so the value error is their mean gap."""
+    net = C.MLP(3, (8,))
+    params = jax.vmap(lambda k: net.init(k, jnp.zeros((1, 10, 5))))(jax.random.split(jax.random.key(0), 2))
+    c = jnp.asarray([0.5, -0.25])
+    params = jax.tree_util.tree_map(jnp.zeros_like, params)
+    params["params"]["head"]["bias"] = jnp.repeat(c[:, None], 3, axis=1)
+    returns, error = C.evaluate_policies(net, params, "bsuite/catch", 3, seed=0, gamma=0.9)
+    for m in range(2):
+        expected = np.mean([abs(float(c[m]) - r * 0.9 ** (8 - t)) for r in returns[m] for t in range(9)])
+        assert error[m] == pytest.approx(expected, rel=1e-5)
 
 
 def test_metrics_round_trip_typed_settings(tmp_path):
@@ -565,9 +579,75 @@ def test_metrics_round_trip_typed_settings(tmp_path):
     assert gz.values("activation") == ["relu", None] and len(gz) == len(m)
 
 
-def test_claims_and_stderr(tmp_path):
-    C.write_claims(tmp_path, [C.Claim("c1", "text", "stat", 0.5, True)])
-    assert json.loads((tmp_path / "claims.json").read_text())[0]["held"] is True
+def test_seed_test_is_an_exact_sign_flip_test_with_a_bootstrap_interval():
+    t = C.seed_test([0.3, 0.5, 0.2, 0.4, 0.1])
+    assert t.n == 5 and t.mean == pytest.approx(0.3)
+    assert t.p_greater == pytest.approx(1 / 32) and t.p_less == pytest.approx(1.0)  # every seed above 0
+    assert 0.1 <= t.low < 0.3 < t.high <= 0.5
+    t = C.seed_test([0.3, 0.5, -0.2, 0.4, 0.1])
+    assert t.p_greater == pytest.approx(3 / 32)  # flips of the -0.2 alone, and of 0.1 or of 0.1 and -0.2 tie or beat
+    assert C.seed_test([1.0, np.nan, 2.0]).n == 2
+    assert C.seed_test([0.5] * 5).p_greater == pytest.approx(1 / 32)  # a constant difference
+    assert C.seed_test([0.0] * 5).p_greater == 1.0 == C.seed_test([0.0] * 5).p_less
+    assert C.seed_test([1.0, 2.0], null=1.5).mean == 1.5
+
+
+def test_directional_and_two_sided_verdicts():
+    assert C.directional("e", [1, 2, 3, 4, 5], "greater").verdict == "held"
+    assert C.directional("e", [1, 2, 3, 4, 5], "less").verdict == "not held"
+    assert C.directional("e", [1, -2, 3, -4, 5], "greater").verdict == "inconclusive"
+    assert C.directional("e", [1, 2], "greater").verdict == "inconclusive"  # 2 seeds: p >= 1/4
+    assert C.directional("e", [1.0, np.nan, np.nan], "greater").verdict == "not testable here"
+    assert C.directional("e", [0.4, 0.6, 0.7, 0.8, 0.9], "greater", null=0.5).verdict == "inconclusive"
+    assert C.two_sided("e", [0.01, -0.02, 0.0, 0.02, 0.01], 0.1, "equal").verdict == "held"
+    assert C.two_sided("e", [0.01, 0.02, 0.03, 0.02, 0.01], 0.1, "equal").verdict == "held"  # negligible
+    assert C.two_sided("e", [1.0, 1.2, 0.9, 1.1, 1.0], 0.1, "equal").verdict == "not held"
+    assert C.two_sided("e", [1.0, 1.2, 0.9, 1.1, 1.0], 0.1, "different").verdict == "held"
+    assert C.two_sided("e", [1.0, -1.2, 0.9, -1.1, 0.0], 0.1, "different").verdict == "inconclusive"
+    assert C.two_sided("e", [1.0, 1.1, 1.2], 0.1, "different").verdict == "inconclusive"  # under 4 seeds
+
+
+def test_overall_verdict_and_summary():
+    ev = lambda *verdicts: [C.Evidence(f"bsuite/{i}", v) for i, v in enumerate(verdicts)]
+    claim = lambda *verdicts: C.Claim("x", "p", "s", "r", tuple(ev(*verdicts)))
+    assert claim("held", "held").verdict == "held"
+    assert claim("held", "held", "inconclusive").verdict == "held"
+    assert claim("held", "inconclusive", "inconclusive").verdict == "inconclusive"
+    assert claim("held", "not held").verdict == "inconclusive"
+    assert claim("not held", "not held", "not testable here").verdict == "not held"
+    assert claim("not testable here").verdict == "not testable here"
+    assert claim("held", "inconclusive", "not testable here").summary == \
+        "held in 1 of 2 testable environments (1 inconclusive, 1 not testable)"
+
+
+def test_claims_json_round_trip(tmp_path, capsys):
+    claim = C.Claim("c1", "the paper", "stat", "rule", (C.directional("bsuite/catch", [1, 2, 3, 4, 5], "greater"),))
+    C.write_claims(tmp_path, [claim])
+    saved = json.loads((tmp_path / "claims.json").read_text())[0]
+    assert saved["verdict"] == "held" and saved["evidence"][0]["p"] == pytest.approx(1 / 32)
+    assert "catch: 3 [" in capsys.readouterr().out
+
+
+def test_final_values_average_the_last_tenth_of_the_run():
+    rows = [{"env": "e", "seed": s, "step": t, "metric": "x", "value": float(t + s)} for s in (0, 1)
+            for t in range(0, 101, 10)]
+    m = C.Metrics.from_rows(rows)
+    np.testing.assert_allclose(C.final_values(m, "x"), [95.0, 96.0])  # steps 90 and 100
+
+
+def test_detect_phases():
+    steps = np.asarray([0, 100, 200, 1000, 5000, 10000, 50000, 90000, 100000])
+    collapse_rise_collapse = np.asarray([40, 8, 6, 10, 20, 30, 25, 5, 4])
+    p = C.detect_phases(steps, collapse_rise_collapse)
+    assert p.early_collapse and p.rise and p.late_collapse and p.final_phase == 3 and p.minimum == (200, 6.0)
+    assert C.detect_phases(steps, np.asarray([40, 8, 6, 10, 20, 30, 25, 28, 29])).final_phase == 2
+    stuck = C.detect_phases(steps, np.asarray([40, 8, 6, 7, 8, 9, 8, 7, 8]))  # +3 units: not a rise
+    assert stuck.early_collapse and not stuck.rise and stuck.final_phase == 1
+    slow = C.detect_phases(steps, np.asarray([40, 39, 38, 37, 30, 10, 9, 30, 30]))  # no collapse in 2,000 steps
+    assert not slow.early_collapse and slow.final_phase == 1
+
+
+def test_stderr():
     mean, err = C.mean_and_stderr(np.array([[1.0, 2.0], [3.0, 2.0]]))
     np.testing.assert_allclose(mean, [2.0, 2.0])
     np.testing.assert_allclose(err, [np.std([1, 3], ddof=1) / np.sqrt(2), 0.0])

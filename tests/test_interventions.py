@@ -115,7 +115,7 @@ def test_episode_returns_of_complete_episodes():
     terminal = [0, 0, 1, 0, 0, 0, 1, 0, 0, 1]
     valid = [0, 1, 2, 3, 5, 6, 8, 9]
     ds = C.make_dataset(np.zeros((10, 2)), np.zeros(10), reward, terminal, valid, num_actions=2, history=1)
-    np.testing.assert_allclose(E.episode_returns(ds), [3.0, 6.0, 8.0])
+    np.testing.assert_allclose(C.episode_returns(ds), [3.0, 6.0, 8.0])
 
 
 def test_normalised_return_ends_and_an_undefined_scale():
@@ -174,29 +174,66 @@ def test_curl_logits_hand_computed():
     anchors = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     keys = jnp.array([[1.0, 2.0], [3.0, 4.0]])
     w = jnp.array([[1.0, 0.0], [0.0, 2.0]])
-    # (anchor_i W) . key_j: anchor 0 -> [1, 0], anchor 1 -> [0, 2]
-    np.testing.assert_allclose(E.curl_logits(anchors, keys, w), [[1.0, 3.0], [4.0, 8.0]])
+    # (anchor_i W) . key_j: anchor 0 -> [1, 0], anchor 1 -> [0, 2]; each row minus its maximum.
+    np.testing.assert_allclose(E.curl_logits(anchors, keys, w), [[-2.0, 0.0], [-4.0, 0.0]])
 
 
-def test_curl_loss_trains_the_online_network_and_its_bilinear_map_only():
-    net = E.CURLNetwork(C.MLP(3, (8,)))
-    obs = jax.random.uniform(jax.random.key(0), (6, 10, 5))
-    online, target = net.init(jax.random.key(1), obs), net.init(jax.random.key(2), obs)
-    batch = C.Batch(obs, jnp.zeros(6, jnp.int32), jnp.zeros(6), jnp.ones(6), obs, jnp.zeros(6, jnp.int32), jnp.zeros(6))
+def curl_setup(base=None, obs_shape=(6, 10, 5)):
+    net = E.CURLNetwork(base or C.MLP(3, (8,)), latent_dim=4)
+    obs = jax.random.uniform(jax.random.key(0), obs_shape)
+    online = net.init(jax.random.key(1), obs)
+    target = net.init(jax.random.key(2), obs)
+    n = obs.shape[0]
+    batch = C.Batch(obs, jnp.zeros(n, jnp.int32), jnp.zeros(n), jnp.ones(n), obs, jnp.zeros(n, jnp.int32), jnp.zeros(n))
+    return net, obs, online, target, batch
+
+
+def test_curl_head_is_beside_the_q_network():
+    net, obs, online, _, _ = curl_setup()
+    q, features = net.apply(online, obs)
+    base_q, base_features = C.MLP(3, (8,)).apply({"params": online["params"]["base"]}, obs)
+    np.testing.assert_array_equal(q, base_q)  # the head does not feed the Q values
+    latent = net.apply(online, obs, method="latent")
+    assert latent.shape == (6, 4) and float(jnp.max(jnp.abs(latent))) <= 1.0  # tanh of a LayerNorm
+    assert online["params"]["curl_bilinear"].shape == (4, 4)
+
+
+def test_curl_loss_trains_the_encoder_head_and_bilinear_map_and_moves_the_momentum_encoder():
+    net, obs, online, target, batch = curl_setup()
     td = C.DoubleDQN(0.99)
-    loss = E.TDWithCURL(td, 1, (1, 2))
+    loss = E.TDWithCURL(td, E.RandomShift(1, (1, 2)), tau=0.05)
+    state = loss.init_state(online)
+    key = jax.random.key(3)
 
     def total(p, t, weight=1.0, loss=loss):
-        return loss(net.apply, p, t, batch, {"curl_weight": weight}, jax.random.key(3))[0]
+        return loss(net.apply, p, t, batch, {"curl_weight": weight}, key, state)
 
-    td_only = td(net.apply, online, target, batch, {}, None)[0]
-    assert float(total(online, target, 0.0)) == pytest.approx(float(td_only))  # weight 0: the TD loss alone
-    curl = total(online, target) - td_only
+    td_only = td(net.apply, online, target, batch, {}, key)[0]
+    assert float(total(online, target, 0.0)[0]) == pytest.approx(float(td_only))  # weight 0: the TD loss alone
+    curl = total(online, target)[0] - td_only
     assert np.isfinite(curl) and curl > 0
-    # The key view is a shifted copy: without the shift (pad 0) the loss is another number.
-    assert not np.isclose(total(online, target, loss=E.TDWithCURL(td, 0, (1, 2))) - td_only, curl)
-    g_online, g_target = jax.grad(lambda p, t: total(p, t) - td(net.apply, p, t, batch, {}, None)[0],
-                                  argnums=(0, 1))(online, target)
-    assert float(jnp.abs(g_online["params"]["curl_bilinear"]).sum()) > 0
-    assert float(jnp.abs(g_online["params"]["base"]["hidden_0"]["kernel"]).sum()) > 0
-    assert all(float(jnp.abs(g).sum()) == 0.0 for g in jax.tree_util.tree_leaves(g_target))
+    # The two views are shifted copies: without the shift (pad 0) the loss is another number.
+    assert not np.isclose(total(online, target, loss=E.TDWithCURL(td, E.RandomShift(0, (1, 2)), 0.05))[0] - td_only,
+                          curl)
+    grads = jax.grad(lambda p: total(p, target)[0] - td(net.apply, p, target, batch, {}, key)[0])(online)
+    for name in ("curl_bilinear",):
+        assert float(jnp.abs(grads["params"][name]).sum()) > 0
+    assert float(jnp.abs(grads["params"]["projection"]["kernel"]).sum()) > 0
+    assert float(jnp.abs(grads["params"]["base"]["hidden_0"]["kernel"]).sum()) > 0  # the encoder
+    assert float(jnp.abs(grads["params"]["base"]["head"]["kernel"]).sum()) == 0  # not the Q head
+    # The momentum encoder moves tau of the way to the online parameters, and gets no gradient.
+    moved = total(online, target)[1]["loss_state"]
+    leaf = lambda t: jax.tree_util.tree_leaves(t)[0]
+    np.testing.assert_allclose(leaf(moved), leaf(state), rtol=1e-6)  # it starts as a copy: no move
+    shifted = jax.tree_util.tree_map(lambda x: x + 1.0, state)
+    moved = loss(net.apply, online, target, batch, {"curl_weight": 1.0}, key, shifted)[1]["loss_state"]
+    np.testing.assert_allclose(leaf(moved), leaf(shifted) - 0.05, rtol=1e-5, atol=1e-6)
+
+
+def test_curl_on_the_lstm_encodes_its_outputs_averaged_over_time():
+    net, obs, online, _, _ = curl_setup(C.RecurrentQNetwork(2, 8), obs_shape=(6, 5, 3))
+    base = {"params": online["params"]["base"]}
+    outputs = C.RecurrentQNetwork(2, 8).apply(base, obs, method="outputs")
+    np.testing.assert_allclose(C.RecurrentQNetwork(2, 8).apply(base, obs, method="encode"), outputs.mean(axis=1),
+                               rtol=1e-6)
+    assert net.apply(online, obs, method="latent").shape == (6, 4)

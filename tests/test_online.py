@@ -55,7 +55,7 @@ def one_step(state, block, losses, steps=1):
     state = jax.tree_util.tree_map(jnp.copy, state)  # the step donates its input
     obs = np.zeros((CFG.seeds, CFG.num_envs, *OBS_SHAPE), np.float32)
     for _ in range(steps):
-        state, _, _ = step(state, *block, obs, 0.1)
+        state, _, _ = step(state, *block, obs, 0.1, True)
     return state
 
 
@@ -103,9 +103,12 @@ def test_learners_wait_for_learning_starts():
     state, block = filled_state()
     step = compiled_step(TANDEM, learning_starts=10_000)
     obs = np.zeros((CFG.seeds, CFG.num_envs, *OBS_SHAPE), np.float32)
-    after, actions, loss = step(jax.tree_util.tree_map(jnp.copy, state), *block, obs, 0.0)
+    after, actions, loss = step(jax.tree_util.tree_map(jnp.copy, state), *block, obs, 0.0, True)
     assert same(after.learners, state.learners) and np.isnan(np.asarray(loss)).all()
     assert actions.shape == (CFG.seeds, CFG.num_envs)
+    # ...and while learning is off (a behaviour agent whose training stopped early).
+    after, _, loss = compiled_step(TANDEM)(jax.tree_util.tree_map(jnp.copy, state), *block, obs, 0.0, False)
+    assert same(after.learners, state.learners) and np.isnan(np.asarray(loss)).all()
 
 
 def seed0(tree):
@@ -191,5 +194,6 @@ def test_the_fork_copies_the_active_agent_and_its_replay(tmp_path):
         assert same(learner.params, state.learners[0].params) and same(learner.opt_state, state.learners[0].opt_state)
     assert same(forked.actor, state.learners[0].params) and same(forked.replay, state.replay)
     # Each copy has its own buffers (the step donates them).
-    after = compiled_step(FORKED)(forked, *block, np.zeros((CFG.seeds, CFG.num_envs, *OBS_SHAPE), np.float32), 0.0)
+    after = compiled_step(FORKED)(forked, *block, np.zeros((CFG.seeds, CFG.num_envs, *OBS_SHAPE), np.float32), 0.0,
+                                  True)
     assert after[1].shape == (CFG.seeds, CFG.num_envs)

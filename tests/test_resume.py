@@ -45,7 +45,7 @@ class Penalised:
 
     power: int = 2
 
-    def __call__(self, apply, params, target_params, batch, settings, key):
+    def __call__(self, apply, params, target_params, batch, settings, key, loss_state=()):
         value, aux = C.DoubleDQN(0.99)(apply, params, target_params, batch, settings, key)
         return value + settings["weight"] * jnp.mean(jnp.abs(aux["features"]) ** self.power), aux
 

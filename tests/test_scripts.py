@@ -45,7 +45,11 @@ def test_smoke_run_writes_results_and_figures(script, tmp_path):
     module = importlib.import_module(script)
     assert meta["config"]["seeds"] == module.PRESETS["smoke"].seeds
     claims = (out / "claims.json").read_text()
-    assert json.loads(claims) and all({"id", "claim", "statistic", "value", "held"} <= set(c) for c in json.loads(claims))
+    keys = {"id", "paper", "statistic", "rule", "evidence", "verdict", "summary"}
+    assert json.loads(claims) and all(keys <= set(c) for c in json.loads(claims))
+    verdicts = {"held", "not held", "inconclusive", "not testable here"}
+    assert all(c["verdict"] in verdicts and all(e["verdict"] in verdicts for e in c["evidence"])
+               for c in json.loads(claims))
     figures = sorted(p.name for p in out.glob("fig*.png"))
     assert figures and all((out / f.replace(".png", ".pdf")).exists() for f in figures)
     # --plot-only redraws from metrics.csv with the config saved in meta.json, and recomputes the claims.
