@@ -668,6 +668,7 @@ class Dataset:
     num_actions: int = flax.struct.field(pytree_node=False)
     history: int = flax.struct.field(pytree_node=False, default=1)
     ident: str = flax.struct.field(pytree_node=False, default="")
+    size: Array | None = None  # if set, only the first ``size`` entries of ``valid`` are sampled (DQNReplayStream)
 
     def __len__(self) -> int:
         return int(self.valid.shape[0])
@@ -913,6 +914,41 @@ def dqn_replay_valid(terminal: np.ndarray, add_count: int, invalid_range: np.nda
     return np.flatnonzero(ok)
 
 
+def read_dqn_replay_checkpoint(directory: Path, n: int, history: int) -> dict[str, np.ndarray]:
+    """One DQN Replay checkpoint's rows: observation, action, reward, terminal, and which rows may be
+    sampled (``valid``, indices) and where episodes are cut (``cut``: the last row, the write
+    cursor). Raises DatasetError naming a missing or corrupt file."""
+    arrays = {k: _load_gz_npy(directory / f"$store$_{k}_ckpt.{n}.gz") for k in DQN_REPLAY_FIELDS}
+    add_count = int(_load_gz_npy(directory / f"add_count_ckpt.{n}.gz"))
+    invalid_range = _load_gz_npy(directory / f"invalid_range_ckpt.{n}.gz")
+    rows = len(arrays["observation"])
+    if arrays["observation"].shape[1:] != (84, 84) or any(len(arrays[k]) != rows for k in DQN_REPLAY_FIELDS):
+        raise DatasetError(f"DQN Replay checkpoint {n} in {directory} has inconsistent shapes: "
+                           + ", ".join(f"{k}{arrays[k].shape}" for k in DQN_REPLAY_FIELDS))
+    arrays["valid"] = dqn_replay_valid(arrays["terminal"], add_count, invalid_range, history)
+    # Episodes do not run on past the checkpoint's last row, nor past the write cursor (the newest
+    # row; the next one is the oldest of a wrapped circular buffer).
+    cut = np.zeros(rows, bool)
+    cut[-1] = True
+    if add_count > 0:
+        cut[(add_count - 1) % rows] = True
+    arrays["cut"] = cut
+    return arrays
+
+
+def dqn_replay_files(directory: Path, checkpoints: Sequence[int]) -> str:
+    """A digest naming DQN Replay checkpoints by their files (hashing ~7 GB of frames each would
+    take minutes)."""
+    files = [p for n in checkpoints for p in sorted(directory.glob(f"*_ckpt.{n}.gz"))]
+    return digest([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+def check_dqn_replay_directory(directory: Path) -> None:
+    if not directory.is_dir():
+        raise DatasetError(f"DQN Replay directory {directory} does not exist (pass --data-dir "
+                           "<...>/<Game>/<run>/replay_logs)")
+
+
 def load_dqn_replay(directory: str | Path, checkpoints: Sequence[int], num_actions: int | None = None,
                     history: int = 4, gamma: float = 0.99) -> Dataset:
     """Loads DQN Replay checkpoints ``$store$_<field>_ckpt.<N>.gz`` of one game and run.
@@ -920,42 +956,132 @@ def load_dqn_replay(directory: str | Path, checkpoints: Sequence[int], num_actio
     Frames are stored once (84x84 uint8 per row) and stacked at gather time; the zero frames that
     Dopamine writes before each episode provide the padding. Checkpoints are concatenated; the
     validity rule keeps stacks and successors inside their own checkpoint. Raises DatasetError
-    naming any missing or corrupt file.
+    naming any missing or corrupt file. (DQNReplayStream reads a whole run with bounded memory.)
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise DatasetError(f"DQN Replay directory {directory} does not exist (pass --data-dir "
-                           "<...>/<Game>/<run>/replay_logs)")
+    check_dqn_replay_directory(directory)
     parts = {k: [] for k in (*DQN_REPLAY_FIELDS, "valid", "cut")}
     offset = 0
-    files = []
     for n in checkpoints:
-        arrays = {k: _load_gz_npy(directory / f"$store$_{k}_ckpt.{n}.gz") for k in DQN_REPLAY_FIELDS}
-        add_count = int(_load_gz_npy(directory / f"add_count_ckpt.{n}.gz"))
-        invalid_range = _load_gz_npy(directory / f"invalid_range_ckpt.{n}.gz")
-        rows = len(arrays["observation"])
-        if arrays["observation"].shape[1:] != (84, 84) or any(len(arrays[k]) != rows for k in DQN_REPLAY_FIELDS):
-            raise DatasetError(f"DQN Replay checkpoint {n} in {directory} has inconsistent shapes: "
-                               + ", ".join(f"{k}{arrays[k].shape}" for k in DQN_REPLAY_FIELDS))
-        for k in DQN_REPLAY_FIELDS:
+        arrays = read_dqn_replay_checkpoint(directory, n, history)
+        arrays["valid"] = arrays["valid"] + offset
+        for k in parts:
             parts[k].append(arrays[k])
-        parts["valid"].append(dqn_replay_valid(arrays["terminal"], add_count, invalid_range, history) + offset)
-        # Episodes do not run on past the checkpoint's last row, nor past the write cursor (the
-        # newest row; the next one is the oldest of a wrapped circular buffer).
-        cut = np.zeros(rows, bool)
-        cut[-1] = True
-        if add_count > 0:
-            cut[(add_count - 1) % rows] = True
-        parts["cut"].append(cut)
-        files += sorted(directory.glob(f"*_ckpt.{n}.gz"))
-        offset += rows
+        offset += len(arrays["observation"])
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     if num_actions is None:
         num_actions = int(cat["action"].max()) + 1
-    # The files name the contents: hashing ~7 GB of frames per checkpoint would take minutes.
-    ident = digest([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files], history, gamma)
+    ident = digest(dqn_replay_files(directory, checkpoints), history, gamma)
     return make_dataset(cat["observation"], cat["action"], cat["reward"], cat["terminal"], cat["valid"],
                         num_actions, history, gamma, cut=cat["cut"], ident=ident)
+
+
+class DQNReplayStream:
+    """A whole DQN Replay run read the way Dopamine's fixed replay buffer reads it: ``resident`` of
+    its checkpoints (chosen at random) are on the device at a time, and every ``swap_every``
+    gradient steps one resident checkpoint (in turn) is replaced by a random one that is not.
+    The incoming checkpoint is read from disk by a background thread while the chunks train, so a
+    swap waits only if the disk was slower than ``swap_every`` steps.
+
+    The trainer sees a Dataset of fixed shapes, whatever is resident: ``resident`` slots of
+    ``rows`` rows each, their valid rows listed first in ``valid`` and ``size`` of them sampleable,
+    so a swap recompiles nothing and sampling stays uniform over the resident transitions.
+
+    Memory: on the device, ``resident`` x ``rows`` x (84 x 84 + 14) bytes (DQN Replay: 1M rows, about
+    7.1 GB per checkpoint) plus one incoming checkpoint during a swap; on the host, the checkpoint
+    being read (another ~7 GB as arrays). The schedule of swaps is a function of ``seed`` alone:
+    at any step the resident set can be rebuilt, so a resumed run sees the same data."""
+
+    def __init__(self, directory: str | Path, checkpoints: Sequence[int], resident: int, swap_every: int, seed: int,
+                 num_actions: int, history: int = 4, gamma: float = 0.99):
+        self.directory, self.checkpoints = Path(directory), list(checkpoints)
+        check_dqn_replay_directory(self.directory)
+        if not 0 < resident <= len(self.checkpoints):
+            raise ValueError(f"resident checkpoints ({resident}) must be in 1..{len(self.checkpoints)}")
+        self.resident, self.swap_every, self.seed = resident, swap_every, seed
+        self.num_actions, self.history, self.gamma = num_actions, history, gamma
+        self.rows = len(_load_gz_npy(self.directory / f"$store$_action_ckpt.{self.checkpoints[0]}.gz"))
+        self.ident = digest(dqn_replay_files(self.directory, self.checkpoints), resident, swap_every, seed, history,
+                            gamma)
+        self._swap_index: int | None = None
+        self._dataset: Dataset | None = None
+        self._fields: dict[str, Array] = {}
+        self._valid: list[np.ndarray] = []
+        self._prefetch: tuple[int, Any] | None = None  # (swap index, (reading thread, its result))
+
+    def schedule(self, swap_index: int) -> list[int]:
+        """The checkpoints resident after ``swap_index`` swaps, slot by slot."""
+        rng = np.random.default_rng(self.seed)
+        slots = list(rng.choice(self.checkpoints, size=self.resident, replace=False))
+        for n in range(1, swap_index + 1):
+            outside = [c for c in self.checkpoints if c not in slots]
+            if outside:
+                slots[(n - 1) % self.resident] = int(rng.choice(outside))
+        return [int(c) for c in slots]
+
+    def _read(self, checkpoint: int) -> dict[str, np.ndarray]:
+        arrays = read_dqn_replay_checkpoint(self.directory, checkpoint, self.history)
+        if len(arrays["observation"]) != self.rows:
+            raise DatasetError(f"DQN Replay checkpoint {checkpoint} has {len(arrays['observation'])} rows, "
+                               f"not {self.rows} like the others")
+        return arrays
+
+    def _start_prefetch(self, swap_index: int) -> None:
+        import threading
+
+        incoming = self.schedule(swap_index + 1)[swap_index % self.resident]
+        holder: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: holder.update(arrays=self._read(incoming)), daemon=True)
+        thread.start()
+        self._prefetch = (swap_index + 1, (thread, holder))
+
+    def _write(self, slot: int, arrays: dict[str, np.ndarray]) -> None:
+        """Writes one checkpoint into its slot of the resident arrays, on the device, in place."""
+        episode_end = (arrays["terminal"] > 0) | arrays["cut"]
+        fields = {"obs": arrays["observation"], "action": arrays["action"].astype(np.int32),
+                  "reward": arrays["reward"].astype(np.float32), "terminal": arrays["terminal"].astype(np.float32),
+                  "mc_return": returns_to_go(arrays["reward"].astype(np.float32), episode_end, self.gamma)}
+        self._fields = _write_rows(self._fields, fields, slot * self.rows)
+        self._valid[slot] = arrays["valid"] + slot * self.rows
+
+    def _dataset_of(self, slots: list[int]) -> Dataset:
+        valid = np.concatenate(self._valid)
+        padded = np.concatenate([valid, np.full(self.resident * self.rows - len(valid), valid[0])])
+        return Dataset(**self._fields, valid=jnp.asarray(padded, jnp.int32), num_actions=self.num_actions,
+                       history=self.history, ident=digest(self.ident, slots), size=jnp.asarray(len(valid), jnp.int32))
+
+    def at(self, step: int) -> Dataset:
+        """The resident data for gradient step ``step`` (swapping in the next checkpoint when a
+        swap is due; the first call, or a resumed run, reads the whole resident set)."""
+        swap_index = step // self.swap_every
+        if swap_index == self._swap_index:
+            return self._dataset
+        slots = self.schedule(swap_index)
+        if self._swap_index is not None and swap_index == self._swap_index + 1 and self._prefetch \
+                and self._prefetch[0] == swap_index:
+            thread, holder = self._prefetch[1]
+            thread.join()  # usually done already: it had swap_every steps of training to read
+            self._write((swap_index - 1) % self.resident, holder["arrays"])
+        else:  # the whole resident set, slot by slot (the host holds one checkpoint at a time)
+            frame = (84, 84)
+            size = self.resident * self.rows
+            self._fields = {"obs": jnp.zeros((size, *frame), jnp.uint8), "action": jnp.zeros(size, jnp.int32),
+                            "reward": jnp.zeros(size), "terminal": jnp.zeros(size), "mc_return": jnp.zeros(size)}
+            self._valid = [np.zeros(0, np.int64)] * self.resident
+            for i, checkpoint in enumerate(slots):
+                self._write(i, self._read(checkpoint))
+        self._swap_index = swap_index
+        self._dataset = self._dataset_of(slots)
+        self._prefetch = None
+        if len(self.checkpoints) > self.resident:
+            self._start_prefetch(swap_index)
+        return self._dataset
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_rows(fields: dict[str, Array], new: dict[str, Array], start: Array) -> dict[str, Array]:
+    return jax.tree_util.tree_map(lambda a, b: jax.lax.dynamic_update_slice_in_dim(a, b.astype(a.dtype), start, 0),
+                                  fields, new)
 
 
 def offline_dataset(env_id: str, *, noise: float, num_transitions: int, seed: int = DATA_SEED, history: int = 1,
@@ -973,6 +1099,22 @@ def offline_dataset(env_id: str, *, noise: float, num_transitions: int, seed: in
         return load_dqn_replay(Path(data_dir) / game / str(run) / "replay_logs", checkpoints,
                                num_actions=make_env(env_id, 1, 0).num_actions)
     return collect_dataset(env_id, noise, num_transitions, seed, history, progress=progress)
+
+
+def replay_data(env_id: str, *, noise: float, num_transitions: int, data_dir: str | Path | None,
+                checkpoints: Sequence[int], resident: int, swap_every: int, run: int = 1) -> "Dataset | DQNReplayStream":
+    """``offline_dataset``, except that Atari data over more checkpoints than ``resident`` stream
+    through the device (DQNReplayStream, Dopamine's fixed replay buffer) instead of loading at once."""
+    if env_id.startswith("atari/") and len(checkpoints) > resident:
+        validate_env_id(env_id)
+        if data_dir is None:
+            raise DatasetError(f"{env_id} needs the DQN Replay files: pass --data-dir DIR with "
+                               "DIR/<Game>/<run>/replay_logs/$store$_*_ckpt.N.gz")
+        game = env_id.split("/", 1)[1]
+        return DQNReplayStream(Path(data_dir) / game / str(run) / "replay_logs", checkpoints, resident, swap_every,
+                               DATA_SEED, num_actions=make_env(env_id, 1, 0).num_actions)
+    return offline_dataset(env_id, noise=noise, num_transitions=num_transitions, data_dir=data_dir,
+                           checkpoints=checkpoints)
 
 
 
@@ -1438,7 +1580,8 @@ def make_chunk_fn(net: nn.Module, loss: Loss, gradient: GradientRule, optimizer:
         # All of the chunk's minibatch positions in one call: one large threefry call is far cheaper
         # on a CPU than `steps` small ones inside the loop.
         key, sample_key, loss_key = jax.random.split(state.key, 3)
-        positions = jax.random.randint(sample_key, (steps, batch_size), 0, settings["data_size"])
+        bound = settings["data_size"] if ds.size is None else jnp.minimum(settings["data_size"], ds.size)
+        positions = jax.random.randint(sample_key, (steps, batch_size), 0, bound)
         loss_keys = jax.random.split(loss_key, steps)
 
         def step(state: TrainState, xs):
@@ -1461,13 +1604,46 @@ def probe_rows(ds: Dataset, size: int, seed: int = PROBE_SEED) -> np.ndarray:
 
 
 def member_sharding(num_members: int):
-    """Shards the sweep axis over all local devices when it divides evenly (one GPU or a CPU: a
-    no-op). Multi-host: call ``jax.distributed.initialize()`` first; the mesh then spans every host."""
+    """Shards the sweep axis over every device, of every process, when it divides evenly (one GPU or a
+    CPU: a no-op). Several processes (hosts) join one run through ``jax.distributed`` (the scripts'
+    ``--coordinator``, ``--num-processes``, ``--process-id``); the mesh then spans all of them."""
     devices = jax.devices()
     if len(devices) == 1 or num_members % len(devices):
         return None
     mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
+
+
+def place(tree: PyTree, sharding) -> PyTree:
+    """``tree`` on ``sharding``, from values every process holds in full (PRNG keys included)."""
+    host = to_host(tree)
+
+    def put(x, h):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(jax.device_put(h, sharding), impl=jax.random.key_impl(x))
+        return jax.device_put(h, sharding)
+
+    return jax.tree_util.tree_map(put, tree, host)
+
+
+def gathered(tree: PyTree) -> PyTree:
+    """Every process's view of a (possibly multi-process) sharded pytree, as local arrays."""
+    from jax.experimental import multihost_utils
+
+    if all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(tree) if isinstance(x, jax.Array)):
+        return tree
+    as_data = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    host = multihost_utils.process_allgather(jax.tree_util.tree_map(as_data, tree), tiled=True)
+    like = jax.tree_util.tree_leaves(tree)
+    keys = [jnp.issubdtype(x.dtype, jax.dtypes.prng_key) for x in like]
+    leaves = [jax.random.wrap_key_data(jnp.asarray(h), impl=jax.random.key_impl(x)) if k else jnp.asarray(h)
+              for x, h, k in zip(like, jax.tree_util.tree_leaves(host), keys)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree), leaves)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's files (process 0 of a multi-process run)."""
+    return jax.process_index() == 0
 
 
 @dataclasses.dataclass
@@ -1478,7 +1654,7 @@ class TrainResult:
 
 
 def train_offline(
-    net: nn.Module, ds: Dataset, loss: Loss, members: Sequence[Member], cfg: TrainConfig, *,
+    net: nn.Module, ds: "Dataset | DQNReplayStream", loss: Loss, members: Sequence[Member], cfg: TrainConfig, *,
     gradient: GradientRule = plain_gradient, order: np.ndarray | None = None,
     evaluate: Callable[[nn.Module, PyTree], dict[str, np.ndarray]] | None = None,
     columns: Mapping[str, Any] | None = None, checkpoints: Path | None = None, progress: bool = True,
@@ -1498,11 +1674,23 @@ def train_offline(
     traced program of a chunk (network, loss, gradient rule, optimizer, every constant in them),
     the dataset, the order, the probe batch, the members' seeds and settings, the schedule and the
     evaluation. Change any of them and the run starts afresh.
+
+    ``ds`` may be a DQNReplayStream: the data resident on the device then change every
+    ``swap_every`` steps (between chunks), with the probe batch fixed from the first resident set.
     """
     from tqdm.auto import tqdm
 
     timings = timings or Timings()
     plan = chunk_plan(cfg)
+    stream = ds if isinstance(ds, DQNReplayStream) else None
+    if stream is not None:
+        if order is not None:
+            raise ValueError("a DQN Replay stream trains on all of its resident data: no order (no data subsets)")
+        with timings("collect"):
+            ds = stream.at(0)
+    resident = ds
+    ident = stream.ident if stream is not None else ds.ident
+    ds = ds.replace(ident="")  # the identity is not part of the program: datasets of one shape share it
     order = np.asarray(ds.valid) if order is None else np.asarray(order)
     settings = member_settings(members, cfg, len(order))
     order_device = jnp.asarray(order, jnp.int32)
@@ -1510,9 +1698,12 @@ def train_offline(
     probe = ds.stacked_obs(jnp.asarray(rows_probe))
     state = init_learners(net, probe[:1], seed_keys(m.seed for m in members), [m.learning_rate for m in members],
                           cfg.optimizer, loss)
+    settings_digest = digest(*(np.asarray(v) for v in jax.tree_util.tree_leaves(settings)), sorted(settings))
     sharding = member_sharding(len(members))
-    if sharding is not None:
-        state, settings = jax.device_put((state, settings), sharding)
+    if sharding is not None:  # members split over the devices; the data and the probe on every one
+        replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        state, settings = place((state, settings), sharding)
+        ds, order_device, probe = place((ds, order_device, probe), replicated)
     chunk_fns = {n: make_chunk_fn(net, loss, gradient, cfg.optimizer, cfg.batch_size, n) for n in sorted(set(plan))}
     probe_fn = make_probe_fn(net)
     columns = dict(columns or {})
@@ -1523,9 +1714,9 @@ def train_offline(
         identity = run_identity(
             programs=[str(fn.trace(state, ds, order_device, settings).jaxpr) for fn in chunk_fns.values()]
             + [str(probe_fn.trace(state.params, probe).jaxpr)],
-            dataset=ds.ident, order=digest(order), probe=digest(rows_probe),
+            dataset=ident, order=digest(order), probe=digest(rows_probe),
             members=[[m.seed, m.learning_rate] for m in members],
-            settings=digest(*(np.asarray(v) for v in jax.tree_util.tree_leaves(settings)), sorted(settings)),
+            settings=settings_digest,
             columns=member_columns, plan=plan, eval_every=cfg.eval_every, evaluate=describe(evaluate))
         recorder = Recorder(Path(checkpoints) / f"{columns.get('agent', 'run')}_{identity}",
                             {"columns": columns, "train": dataclasses.asdict(cfg)}, member_columns,
@@ -1534,17 +1725,18 @@ def train_offline(
 
     def measure(step: int, chunk_loss=None, q_mean=None) -> dict[str, np.ndarray]:
         if chunk_loss is not None:
-            recorder.check_finite(step, np.isfinite(np.asarray(chunk_loss)) & params_finite(state.params))
+            finite = to_host(gathered(params_finite(state.params)))
+            recorder.check_finite(step, np.isfinite(chunk_loss) & finite)
             recorder.record(step, "loss", chunk_loss)
             recorder.record(step, "q_mean", q_mean)
         with timings("probe"):
-            probed = {name: np.asarray(v) for name, v in probe_fn(state.params, probe).items()}
+            probed = to_host(gathered(probe_fn(state.params, probe)))
         for name, v in probed.items():
             if name != "units" or step == 0:  # the layer's width, once
                 recorder.record(step, name, v)
         if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
             with timings("evaluate"):
-                for name, v in evaluate(net, state.params).items():
+                for name, v in evaluate(net, gathered(state.params)).items():
                     recorder.record(step, name, v)
         return probed
 
@@ -1560,25 +1752,31 @@ def train_offline(
                desc=" ".join(str(v) for v in columns.values()), unit="chunk", dynamic_ncols=True)
     for chunk in bar:
         fn = chunk_fns[plan[chunk]]
+        if stream is not None and stream.at(int(ends[chunk] - plan[chunk])) is not resident:
+            with timings("collect"):  # a swap between chunks: the next resident checkpoints
+                resident = stream.at(int(ends[chunk] - plan[chunk]))
+                ds, order_device = resident.replace(ident=""), resident.valid
+                if sharding is not None:
+                    ds, order_device = place((ds, order_device), replicated)
         with timings("train" if chunk > start_chunk and plan[chunk] == plan[chunk - 1] else "compile"):
             state, chunk_loss, q_mean = fn(state, ds, order_device, settings)
-            jax.block_until_ready(chunk_loss)
+            chunk_loss, q_mean = to_host(gathered((chunk_loss, q_mean)))
         probed = measure(int(ends[chunk]), chunk_loss, q_mean)
         alive = recorder.alive()
         if alive:
-            bar.set_postfix(srank=f"{np.mean(probed['srank'][alive]):.1f}",
-                            loss=f"{np.nanmean(np.asarray(chunk_loss)[alive]):.3g}", refresh=False)
+            bar.set_postfix(srank=f"{np.mean(probed['srank'][alive]):.1f}", loss=f"{np.nanmean(chunk_loss[alive]):.3g}",
+                            refresh=False)
         if recorder.due(last_save) or chunk + 1 == len(plan):
             with timings("checkpoint"):
                 recorder.save(state, {"chunks_done": chunk + 1})
             last_save = time.time()
     bar.close()
-    return TrainResult(state, recorder.finish(), dict(recorder.diverged))
+    return TrainResult(gathered(state), recorder.finish(), dict(recorder.diverged))
 
 
-def params_finite(params: PyTree) -> np.ndarray:
+def params_finite(params: PyTree) -> Array:
     leaves = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1) for x in jax.tree_util.tree_leaves(params)]
-    return np.asarray(jnp.all(jnp.stack(leaves), axis=0))
+    return jnp.all(jnp.stack(leaves), axis=0)
 
 
 def run_identity(**parts) -> str:
@@ -1742,8 +1940,8 @@ def restore_like(like: PyTree, host: PyTree) -> PyTree:
 
     def restore(x, h):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(jnp.asarray(h), impl=jax.random.key_impl(x))
-        return jax.device_put(jnp.asarray(h, dtype=x.dtype), x.sharding)
+            return jax.random.wrap_key_data(jax.device_put(np.asarray(h), x.sharding), impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(h, dtype=x.dtype), x.sharding)
 
     return jax.tree_util.tree_unflatten(treedef, [restore(x, h) for x, h in zip(like_leaves, host_leaves)])
 
@@ -1765,7 +1963,7 @@ class Recorder:
         self.rows: list[dict] = []
         self.diverged: dict[int, int] = {}
         self.saved_rows = 0
-        if directory is not None:
+        if directory is not None and is_main_process():
             directory.mkdir(parents=True, exist_ok=True)
             atomic_write(directory / "identity.json",
                          lambda f: f.write(json.dumps(jsonable(about), indent=1, default=str).encode()))
@@ -1798,8 +1996,12 @@ class Recorder:
 
     def save(self, state: PyTree, progress: Mapping, host: bytes | None = None) -> None:
         """Checkpoints the trainer's ``state`` (a device pytree), its ``progress`` (a small dict, shown
-        when a run resumes) and, for an online loop, its pickled ``host`` side."""
+        when a run resumes) and, for an online loop, its pickled ``host`` side. In a multi-process
+        run every process gathers the state, and process 0 writes."""
         if self.directory is None:
+            return
+        state = gathered(state)
+        if not is_main_process():
             return
         new = self.rows[self.saved_rows:]
         with open(self.directory / "rows.jsonl", "a") as f:
@@ -1889,8 +2091,11 @@ def metrics_csv(rows: Iterable[dict]) -> str:
 
 
 def write_metrics(out: Path, rows: Iterable[dict], name: str = "metrics.csv") -> Path:
-    """Writes ``metrics_csv(rows)`` to ``out/name`` atomically (gzipped if the name ends in .gz)."""
+    """Writes ``metrics_csv(rows)`` to ``out/name`` atomically (gzipped if the name ends in .gz);
+    in a multi-process run, process 0 writes."""
     path = Path(out) / name
+    if not is_main_process():
+        return path
     data = metrics_csv(rows).encode()
     if name.endswith(".gz"):
         data = gzip.compress(data, mtime=0)
@@ -1908,6 +2113,7 @@ class Metrics:
 
         if not isinstance(path, io.StringIO) and not Path(path).exists():
             raise DatasetError(f"{path} does not exist: run the script without --plot-only first")
+        self.run_dir = None if isinstance(path, io.StringIO) else Path(path).parent  # the run's other files
         frame = pd.read_csv(path, float_precision="round_trip", keep_default_na=False, na_values={"value": ["nan"]})
         self.columns = [c for c in frame.columns if c not in VALUE_COLUMNS]
         self.data = {c: np.asarray([_typed(v) for v in frame[c].tolist()], dtype=object) for c in self.columns}
@@ -2354,20 +2560,28 @@ def main(study: Study, argv: Sequence[str] | None = None) -> None:
         ("config", Annotated[config_type, tyro.conf.arg(name="")], dataclasses.field(default=study.presets[preset])),
         ("out", Path, dataclasses.field(default=Path("results") / study.name)),
         ("plot_only", bool, dataclasses.field(default=False)),
+        ("figures", Path | None, dataclasses.field(default=None)),
+        ("coordinator", str | None, dataclasses.field(default=None)),
+        ("num_processes", int, dataclasses.field(default=1)),
+        ("process_id", int, dataclasses.field(default=0)),
     ], frozen=True)
     try:
         options = tyro.cli(invocation, args=["--preset", preset, *rest], description=(
             f"{study.description}\n\n--preset: {', '.join(study.presets)} (every default below is the chosen "
             "preset's value). --out: where metrics.csv, meta.json, claims.json, the figures and the checkpoints "
             "go. --plot-only: redraw the figures and claims of a finished run from its metrics.csv, with the "
-            "config saved in its meta.json."))
+            "config saved in its meta.json. --figures: draw the figures and tables there instead of in --out. "
+            "--coordinator HOST:PORT --num-processes N --process-id I: one of N processes (hosts) of one run; "
+            "the members are split over all their devices and process 0 writes the files."))
+        if options.num_processes > 1:
+            start_distributed(options.coordinator, options.num_processes, options.process_id)
         out = Path(options.out)
         if options.plot_only:
             config, preset = _config_of_run(out, config_type, known.preset, options.config, study.presets[preset])
         else:
             config = options.config
             config.check()
-        _run_study(study, preset, config, out, options.plot_only)
+        _run_study(study, preset, config, out, options.plot_only, options.figures or out)
     except (ValueError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -2395,19 +2609,37 @@ def _config_of_run(out: Path, config_type: type, asked_preset: str | None, parse
     return config_from_json(config_type, meta["config"]), meta["preset"]
 
 
-def _run_study(study: Study, preset: str, config: Any, out: Path, plot_only: bool) -> None:
+def start_distributed(coordinator: str | None, num_processes: int, process_id: int) -> None:
+    """Joins a multi-process run (jax.distributed; on CPUs, gloo carries the collectives)."""
+    require(coordinator is not None, "--num-processes > 1 needs --coordinator HOST:PORT (process 0's address)")
+    require(0 <= process_id < num_processes, f"--process-id must be in [0, {num_processes})")
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def _run_study(study: Study, preset: str, config: Any, out: Path, plot_only: bool, figures: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if not plot_only:
         timings = Timings()
         extra = study.run(config, out, timings) or {}
+        if not is_main_process():  # process 0 writes the run's files
+            return
         write_meta(out, preset, config, time.time() - start, {"seconds": timings.summary(), **extra})
-    metrics = Metrics(out / "metrics.csv")
+    metrics = Metrics(metrics_path(out))
     if study.analyse is not None:
-        study.analyse(metrics, config, out)
+        study.analyse(metrics, config, figures)
     write_claims(out, study.claims(metrics, config))
-    study.plot(metrics, config, out)
+    study.plot(metrics, config, figures)
     print(f"wrote {out}/ in {time.time() - start:.0f} s")
+
+
+def metrics_path(out: Path) -> Path:
+    """A run's metrics: metrics.csv, or metrics.csv.gz (the committed reference runs)."""
+    gz = Path(out) / "metrics.csv.gz"
+    return gz if gz.exists() and not (Path(out) / "metrics.csv").exists() else Path(out) / "metrics.csv"
 
 
 # ================================================================================================
@@ -2455,10 +2687,17 @@ def plot_band(ax, x: np.ndarray, values: np.ndarray, label: str | None = None, c
 
 
 def save_figure(fig, out: Path, name: str) -> list[Path]:
-    """Saves ``name``.png and ``name``.pdf under ``out``."""
+    """Saves ``name``.png and ``name``.pdf under ``out`` (without timestamps, so a redraw of the same
+    data gives the same files) and records the figure's title in ``out/captions.json``."""
     paths = [Path(out) / f"{name}.{ext}" for ext in ("png", "pdf")]
     for p in paths:
-        fig.savefig(p, bbox_inches="tight", dpi=130 if p.suffix == ".png" else None)
+        metadata = {"Software": None} if p.suffix == ".png" else {"CreationDate": None, "Creator": None,
+                                                                    "Producer": None}
+        fig.savefig(p, bbox_inches="tight", dpi=130 if p.suffix == ".png" else None, metadata=metadata)
+    captions = Path(out) / "captions.json"
+    titles = json.loads(captions.read_text()) if captions.exists() else {}
+    titles[name] = fig._suptitle.get_text() if fig._suptitle is not None else name
+    atomic_write(captions, lambda f: f.write(json.dumps(dict(sorted(titles.items())), indent=1).encode()))
     import matplotlib.pyplot as plt
 
     plt.close(fig)

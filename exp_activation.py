@@ -249,7 +249,8 @@ def run_activation(cfg: Config, method: Method) -> list[dict]:
                                     "zero_frac", np.mean(features == 0, axis=(1, 2)))
                 if env_id == cfg.env[0] and act in ("relu", "elu"):
                     gram[f"{act}_{when}"] = features[:, :cfg.gram_states]
-    np.savez(method.out / "gram.npz", env=np.asarray(cfg.env[0]), **gram)
+    if C.is_main_process():
+        np.savez(method.out / "gram.npz", env=np.asarray(cfg.env[0]), **gram)
     return rows
 
 
@@ -328,7 +329,8 @@ def run_hessian(cfg: Config, method: Method) -> tuple[list[dict], dict]:
              "exact_over_dataset": bool(exact),
              "near_zero": "|lambda| <= threshold * max|lambda|, thresholds " + ", ".join(
                  f"{t:.3g}" for t in near_zero_thresholds(info["num_params"]))}
-    np.savez(method.out / "hessian.npz", **spectra)
+    if C.is_main_process():
+        np.savez(method.out / "hessian.npz", **spectra)
     return rows, info
 
 
@@ -703,14 +705,14 @@ def plot_bottleneck(plt, m: C.Metrics, out: Path, layers: int, number: int) -> N
     C.save_figure(fig, out, f"fig{number}_bottleneck_width_{layers}_layer{'s' if layers > 1 else ''}")
 
 
-def load_spectra(out: Path) -> dict[str, np.ndarray]:
-    with np.load(out / "hessian.npz") as f:
+def load_spectra(m: C.Metrics) -> dict[str, np.ndarray]:
+    with np.load(m.run_dir / "hessian.npz") as f:
         return {k: f[k] for k in f.files}
 
 
 def plot_hessian_spectrum(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
     """Fig. 24: srank along training and the Hessian eigenvalue density after it."""
-    spectra = load_spectra(out)
+    spectra = load_spectra(m)
     acts = [a for a in ("relu", "elu") if any(k.startswith(a) for k in spectra)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for act in acts:
@@ -730,7 +732,7 @@ def plot_hessian_spectrum(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
 
 def plot_hessian_near_zero(plt, m: C.Metrics, out: Path) -> None:
     """Fig. 25: the share of near-zero eigenvalues as the threshold moves, and the sorted spectra."""
-    spectra = load_spectra(out)
+    spectra = load_spectra(m)
     acts = [a for a in ("relu", "elu") if any(k.startswith(a) for k in spectra)]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     grid = np.logspace(-9, 0, 91)
@@ -755,9 +757,9 @@ def plot_hessian_near_zero(plt, m: C.Metrics, out: Path) -> None:
     C.save_figure(fig, out, "fig25_hessian_near_zero")
 
 
-def plot_gram(plt, out: Path) -> None:
+def plot_gram(plt, m: C.Metrics, out: Path) -> None:
     """Fig. 37: Gram matrices of the last hidden layer, ReLU against ELU, start and end."""
-    with np.load(out / "gram.npz") as f:
+    with np.load(m.run_dir / "gram.npz") as f:
         env, features = str(f["env"]), {k: f[k] for k in f.files if k != "env"}
     acts = [a for a in ("relu", "elu") if f"{a}_start" in features]
     fig, axes = plt.subplots(len(acts), 2, figsize=(7.6, 3.7 * len(acts)), squeeze=False)
@@ -785,11 +787,11 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
     for layers, number in ((1, 35), (2, 36)):
         if m.has(study="bottleneck", layers=layers):
             plot_bottleneck(plt, m, out, layers, number)
-    if m.has(study="hessian") and (out / "hessian.npz").exists():
+    if m.has(study="hessian") and (m.run_dir / "hessian.npz").exists():
         plot_hessian_spectrum(plt, m, cfg, out)
         plot_hessian_near_zero(plt, m, out)
-    if (out / "gram.npz").exists():
-        plot_gram(plt, out)
+    if (m.run_dir / "gram.npz").exists():
+        plot_gram(plt, m, out)
 
 
 STUDY = C.Study("exp_activation", __doc__.split("\n\n")[0], PRESETS, run, claims, plot)

@@ -84,11 +84,16 @@ class Config:
     data_dir: str | None = None
     """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
     replay_checkpoints: tuple[int, ...] = (0,)
-    """Atari: which DQN Replay checkpoints to load."""
+    """Atari: which DQN Replay checkpoints to read (a run has 50)."""
+    replay_resident: int = 4
+    """Atari: DQN Replay checkpoints on the device at a time (Dopamine's fixed replay buffer; ~7.1 GB each)."""
+    replay_swap_every: int = 100_000
+    """Atari: gradient steps between swaps of one resident checkpoint for another."""
 
     def check(self) -> None:
         C.require(self.checkpoint_seconds >= 0, "--checkpoint-seconds must be >= 0")
         C.check_env_ids(self.env)
+        C.require_positive(self, "replay_resident", "replay_swap_every")
         C.require_positive(self, "seeds", "num_lrs", "num_steps", "chunk_steps", "eval_every", "eval_episodes",
                            "batch_size", "target_update_period", "lr_min", "lr_max", "probe_size",
                            "large_batch_size", "large_batch_stride")
@@ -121,7 +126,7 @@ PRESETS = {
                                                      "MsPacman", "Pooyan", "RoadRunner", "Robotank", "Zaxxon")),
                     seeds=5, num_steps=20_000_000, chunk_steps=10_000, early_chunk_steps=1_000, eval_every=500_000,
                     eval_episodes=10, lr_min=1e-5, lr_max=1e-2, num_lrs=12, batch_size=256, large_batch_size=32,
-                    target_update_period=2_500, dataset_noise=0.0, dataset_size=0, replay_checkpoints=(0, 1, 2, 3)),
+                    target_update_period=2_500, dataset_noise=0.0, dataset_size=0, replay_checkpoints=tuple(range(50))),
     "smoke": Config(env=("bsuite/catch",), seeds=2, num_steps=2_000, chunk_steps=500, early_chunk_steps=100,
                     eval_every=500, eval_episodes=4, lr_min=1e-4, lr_max=1e-1, num_lrs=4, batch_size=32,
                     target_update_period=100, dataset_noise=0.1, dataset_size=2_000, large_batch_size=64,
@@ -148,8 +153,9 @@ def run(cfg: Config, out: Path, timings: C.Timings) -> dict:
     rows = []
     for env_id in cfg.env:
         with timings("collect"):
-            ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
-                                   data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
+            ds = C.replay_data(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
+                               data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints,
+                               resident=cfg.replay_resident, swap_every=cfg.replay_swap_every)
         net = C.default_network(env_id, ds.num_actions, activation="relu")  # bsuite: a 2x64 MLP
         dqn = C.DoubleDQN(gamma=cfg.gamma, clip_rewards=env_id.startswith("atari/"))
         evaluate = C.Evaluator(env_id, episodes=cfg.eval_episodes, gamma=cfg.gamma)  # greedy, seeded by EVAL_SEED

@@ -75,7 +75,11 @@ class Config:
     data_dir: str | None = None
     """DQN Replay root for atari/ ids: DIR/<Game>/1/replay_logs/."""
     replay_checkpoints: tuple[int, ...] = (0,)
-    """Atari: which DQN Replay checkpoints to load."""
+    """Atari: which DQN Replay checkpoints to read (a run has 50)."""
+    replay_resident: int = 4
+    """Atari: DQN Replay checkpoints on the device at a time (Dopamine's fixed replay buffer; ~7.1 GB each)."""
+    replay_swap_every: int = 100_000
+    """Atari: gradient steps between swaps of one resident checkpoint for another."""
 
     checkpoint_seconds: float = 60.0
     """Wall seconds between checkpoints: a killed run resumes from the last one."""
@@ -83,6 +87,7 @@ class Config:
     def check(self) -> None:
         C.require(self.checkpoint_seconds >= 0, "--checkpoint-seconds must be >= 0")
         C.check_env_ids(self.env)
+        C.require_positive(self, "replay_resident", "replay_swap_every")
         C.require(not any(e.startswith("bsuite/") for e in self.env),
                   "the robustness study perturbs images: use minatar/<game> or atari/<Game> ids")
         C.require_positive(self, "seeds", "dqn_learning_rate", "bc_learning_rates", "num_steps", "chunk_steps",
@@ -108,7 +113,7 @@ PRESETS = {
                     seeds=5, num_steps=2_000_000, chunk_steps=10_000, eval_every=200_000, eval_episodes=10,
                     perturbed_episodes=10, dqn_learning_rate=3e-5, bc_learning_rates=(3e-5, 3e-3), batch_size=256,
                     target_update_period=2_500, dataset_noise=0.0, dataset_size=0, shift_levels=(0, 2, 4, 8),
-                    scale_levels=(0.0, 0.1, 0.2, 0.3), replay_checkpoints=(0, 1, 2, 3)),
+                    scale_levels=(0.0, 0.1, 0.2, 0.3), replay_checkpoints=tuple(range(50))),
     "smoke": Config(env=("minatar/breakout",), seeds=2, num_steps=400, chunk_steps=200, eval_every=200,
                     eval_episodes=2, perturbed_episodes=2, dqn_learning_rate=3e-4, bc_learning_rates=(3e-4, 3e-2),
                     batch_size=32, target_update_period=100, dataset_noise=0.1, dataset_size=2_000,
@@ -171,8 +176,9 @@ def run(cfg: Config, out: Path, timings: C.Timings) -> None:
     rows = []
     for env_id in cfg.env:
         with timings("collect"):
-            ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
-                                   data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
+            ds = C.replay_data(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
+                               data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints,
+                               resident=cfg.replay_resident, swap_every=cfg.replay_swap_every)
         net = C.default_network(env_id, ds.num_actions, activation="relu")
         train = C.TrainConfig(num_steps=cfg.num_steps, chunk_steps=cfg.chunk_steps,
                               early_chunk_steps=cfg.early_chunk_steps, batch_size=cfg.batch_size,

@@ -4,6 +4,8 @@ must come out inconclusive or not testable. Rows go through metrics.csv's own fo
 
 from __future__ import annotations
 
+import gzip
+import io
 import zlib
 from typing import Callable, Iterable
 
@@ -48,3 +50,31 @@ def sweep(fn: Callable[..., dict[str, float]], *, envs=("bsuite/catch",), seeds:
                         rows += rows_for(columns, {k: (lambda t, f=f: f(t)) for k, f in values.items()})
                         rows.append({**columns, "step": 0, "metric": "units", "value": float(units)})
     return metrics(rows)
+
+
+def write_gz_npy(path, array):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    with gzip.open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def write_dqn_replay(directory, n, episodes, invalid_range=(), history=4, add_count=None, last_terminal=True,
+                     reward_offset=0.0):
+    """Writes one checkpoint in Dopamine's layout: history-1 zero transitions before each episode.
+    Frame pixels hold (episode, step) so tests can see which frame landed where."""
+    obs, action, reward, terminal = [], [], [], []
+    for e, length in enumerate(episodes):
+        for _ in range(history - 1):
+            obs.append(np.zeros((84, 84), np.uint8)), action.append(0), reward.append(0.0), terminal.append(0)
+        for t in range(length):
+            obs.append(np.full((84, 84), 10 * (e + 1) + t, np.uint8))
+            ends = t == length - 1 and (last_terminal or e < len(episodes) - 1)
+            action.append(t % 3), reward.append(reward_offset + t + 1), terminal.append(int(ends))
+    files = {"observation": np.stack(obs), "action": np.asarray(action, np.int32),
+             "reward": np.asarray(reward, np.float32), "terminal": np.asarray(terminal, np.uint8)}
+    for k, v in files.items():
+        write_gz_npy(directory / f"$store$_{k}_ckpt.{n}.gz", v)
+    write_gz_npy(directory / f"add_count_ckpt.{n}.gz", np.asarray(len(obs) if add_count is None else add_count))
+    write_gz_npy(directory / f"invalid_range_ckpt.{n}.gz", np.asarray(invalid_range, np.int64))
+    return files

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import common as C
+from synthetic import write_dqn_replay
 
 # ---------------------------------------------------------------------------------------------
 # Rank metrics
@@ -303,35 +304,8 @@ def test_corrupt_cache_is_reported_and_remade(tmp_path, capsys):
     np.testing.assert_array_equal(a.obs, b.obs)
 
 
-def _write_gz_npy(path, array):
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    with gzip.open(path, "wb") as f:
-        f.write(buf.getvalue())
-
-
-def _write_dqn_replay(directory, n, episodes, invalid_range=(), history=4, add_count=None, last_terminal=True):
-    """Writes one checkpoint in Dopamine's layout: history-1 zero transitions before each episode.
-    Frame pixels hold (episode, step) so tests can see which frame landed where."""
-    obs, action, reward, terminal = [], [], [], []
-    for e, length in enumerate(episodes):
-        for _ in range(history - 1):
-            obs.append(np.zeros((84, 84), np.uint8)), action.append(0), reward.append(0.0), terminal.append(0)
-        for t in range(length):
-            obs.append(np.full((84, 84), 10 * (e + 1) + t, np.uint8))
-            ends = t == length - 1 and (last_terminal or e < len(episodes) - 1)
-            action.append(t % 3), reward.append(float(t + 1)), terminal.append(int(ends))
-    files = {"observation": np.stack(obs), "action": np.asarray(action, np.int32),
-             "reward": np.asarray(reward, np.float32), "terminal": np.asarray(terminal, np.uint8)}
-    for k, v in files.items():
-        _write_gz_npy(directory / f"$store$_{k}_ckpt.{n}.gz", v)
-    _write_gz_npy(directory / f"add_count_ckpt.{n}.gz", np.asarray(len(obs) if add_count is None else add_count))
-    _write_gz_npy(directory / f"invalid_range_ckpt.{n}.gz", np.asarray(invalid_range, np.int64))
-    return files
-
-
 def test_load_dqn_replay_on_synthetic_files(tmp_path):
-    files = _write_dqn_replay(tmp_path, 0, episodes=[3, 4])
+    files = write_dqn_replay(tmp_path, 0, episodes=[3, 4])
     # Rows: 0-2 pad, 3-5 episode 1 (5 terminal), 6-8 pad, 9-12 episode 2 (12 terminal, last row).
     ds = C.load_dqn_replay(tmp_path, [0], num_actions=3)
     assert np.asarray(ds.valid).tolist() == [3, 4, 5, 9, 10, 11]  # 12 is the last row: no successor
@@ -345,8 +319,8 @@ def test_load_dqn_replay_on_synthetic_files(tmp_path):
 
 
 def test_load_dqn_replay_invalid_range_and_concatenation(tmp_path):
-    _write_dqn_replay(tmp_path, 0, episodes=[3, 4], invalid_range=[4, 10])
-    _write_dqn_replay(tmp_path, 1, episodes=[5])
+    write_dqn_replay(tmp_path, 0, episodes=[3, 4], invalid_range=[4, 10])
+    write_dqn_replay(tmp_path, 1, episodes=[5])
     ds = C.load_dqn_replay(tmp_path, [0, 1], num_actions=3)
     # Checkpoint 1 starts at row 13: its rows 3..6 (+13) are valid, its last row 7 is terminal-last.
     assert np.asarray(ds.valid).tolist() == [3, 5, 9, 11, 16, 17, 18, 19]
@@ -354,8 +328,8 @@ def test_load_dqn_replay_invalid_range_and_concatenation(tmp_path):
 
 def test_dqn_replay_returns_to_go_stop_at_checkpoint_ends_and_the_write_cursor(tmp_path):
     # Checkpoint 0 ends mid-episode (its last row is not terminal); checkpoint 1 follows it.
-    _write_dqn_replay(tmp_path, 0, episodes=[2, 3], last_terminal=False)
-    _write_dqn_replay(tmp_path, 1, episodes=[2])
+    write_dqn_replay(tmp_path, 0, episodes=[2, 3], last_terminal=False)
+    write_dqn_replay(tmp_path, 1, episodes=[2])
     ds = C.load_dqn_replay(tmp_path, [0, 1], num_actions=3, gamma=0.5)
     mc, reward = np.asarray(ds.mc_return), np.asarray(ds.reward)
     assert mc[10] == reward[10] == 3.0  # checkpoint 0's last row: 3, not 3 + 0.5 * (checkpoint 1's rows)
@@ -364,7 +338,7 @@ def test_dqn_replay_returns_to_go_stop_at_checkpoint_ends_and_the_write_cursor(t
     # after it is the oldest. Nothing carries across.
     other = tmp_path / "wrapped"
     other.mkdir()
-    _write_dqn_replay(other, 0, episodes=[6], add_count=9 + 4, last_terminal=False)  # 9 rows, cursor at row 3
+    write_dqn_replay(other, 0, episodes=[6], add_count=9 + 4, last_terminal=False)  # 9 rows, cursor at row 3
     ds = C.load_dqn_replay(other, [0], num_actions=3, gamma=0.5)
     assert float(ds.mc_return[3]) == float(ds.reward[3]) == 1.0
 
@@ -372,7 +346,7 @@ def test_dqn_replay_returns_to_go_stop_at_checkpoint_ends_and_the_write_cursor(t
 def test_load_dqn_replay_errors_name_the_file(tmp_path):
     with pytest.raises(C.DatasetError, match="does not exist"):
         C.load_dqn_replay(tmp_path / "nowhere", [0])
-    _write_dqn_replay(tmp_path, 0, episodes=[3])
+    write_dqn_replay(tmp_path, 0, episodes=[3])
     with pytest.raises(C.DatasetError, match=r"missing DQN Replay file .*ckpt\.1\.gz"):
         C.load_dqn_replay(tmp_path, [1])
     target = tmp_path / "$store$_reward_ckpt.0.gz"

@@ -1,30 +1,162 @@
-"""Rewrites README.md's generated tables, so they always show what the last run measured:
-`--claims` from results/*/claims.json (run by `make figures`), `--bench` from
-results/bench/bench.json (run by `make bench`)."""
+"""The README's generated parts, from the committed reference runs and benchmarks alone.
+
+    python tests/update_readme.py promote --preset cpu   # copy results/<script>/ into reference/<script>/cpu/
+    python tests/update_readme.py                        # redraw figures/ from reference/, rewrite the README
+    python tests/update_readme.py --check --no-figures   # exit 1 if the README's text would change (a test)
+
+reference/<script>/<preset>/ holds a run's metrics.csv.gz, meta.json, claims.json (and the
+activation study's hessian.npz and gram.npz); reference/bench/ the benchmark JSON. Every table
+and number between the README's <!-- name:start --> and <!-- name:end --> markers is written here:
+the figure table (each figure's own title), the claims table (cpu and long side by side), the
+run times, and the benchmarks. Nothing there is typed by hand.
+"""
+
+from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "reference"
+SCRIPTS = ("exp_lr_sweep", "exp_dataset_size", "exp_activation", "exp_tandem", "exp_robustness", "exp_interventions")
+PRESETS = ("cpu", "long")
+RUN_FILES = ("meta.json", "claims.json", "hessian.npz", "gram.npz")
+VERDICT = {"held": "**held**", "not held": "**not held**", "inconclusive": "inconclusive",
+           "not testable here": "not testable"}
 
 
-def claims_table(results: Path) -> str:
-    lines = ["| id | paper claim | statistic | value | held |", "|---|---|---|---|---|"]
-    for path in sorted(results.glob("exp_*/claims.json")):
-        for c in json.loads(path.read_text()):
-            held = {True: "yes", False: "**no**", None: "n/a"}[c["held"]]
-            cells = [c["id"], c["claim"], c["statistic"], str(c["value"]), held]
-            lines.append("| " + " | ".join(x.replace("|", "/") for x in cells) + " |")
+# ---- promote: a finished run becomes the reference ------------------------------------------------
+
+
+def promote(preset: str, results: Path) -> None:
+    for script in SCRIPTS:
+        run = results / script
+        if not (run / "meta.json").exists():
+            continue
+        meta = json.loads((run / "meta.json").read_text())
+        if meta["preset"] != preset:
+            sys.exit(f"{run} was made with --preset {meta['preset']}, not {preset}")
+        target = REFERENCE / script / preset
+        target.mkdir(parents=True, exist_ok=True)
+        with open(run / "metrics.csv", "rb") as f:
+            (target / "metrics.csv.gz").write_bytes(gzip.compress(f.read(), mtime=0))
+        for name in RUN_FILES:
+            if (run / name).exists():
+                shutil.copyfile(run / name, target / name)
+        print(f"promoted {run} -> {target}")
+
+
+# ---- the generated sections ------------------------------------------------------------------------
+
+
+def runs() -> dict[tuple[str, str], Path]:
+    return {(s, p): REFERENCE / s / p for s in SCRIPTS for p in PRESETS if (REFERENCE / s / p / "meta.json").exists()}
+
+
+def redraw(figures: Path) -> None:
+    """Redraws every reference run's figures (--plot-only, which also recomputes its claims.json)
+    into figures/ (cpu) and figures/long/ (long): PNGs and the captions."""
+    for (script, preset), run in runs().items():
+        scratch = REPO / "build" / "figures" / script / preset
+        shutil.rmtree(scratch, ignore_errors=True)
+        subprocess.run([sys.executable, str(REPO / f"{script}.py"), "--plot-only", "--out", str(run), "--figures",
+                        str(scratch)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        target = figures if preset == "cpu" else figures / preset
+        target.mkdir(parents=True, exist_ok=True)
+        for png in scratch.glob("*.png"):
+            shutil.copyfile(png, target / png.name)
+        for table in scratch.glob("table*.md"):
+            shutil.copyfile(table, target / table.name)
+        captions = target / "captions.json"
+        merged = json.loads(captions.read_text()) if captions.exists() else {}
+        merged |= {name: {"title": title, "script": script}
+                   for name, title in json.loads((scratch / "captions.json").read_text()).items()}
+        captions.write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
+
+
+def figure_table(figures: Path) -> str:
+    captions = json.loads((figures / "captions.json").read_text()) if (figures / "captions.json").exists() else {}
+    lines = ["| figure | what it shows (its own title) | script | image |", "|---|---|---|---|"]
+    for script in SCRIPTS:
+        for name, c in captions.items():
+            if c["script"] == script:
+                long = figures / "long" / f"{name}.png"
+                image = f"[cpu](figures/{name}.png)" + (f", [long](figures/long/{name}.png)" if long.exists() else "")
+                lines.append(f"| `{name}` | {c['title'].replace('|', '/')} | `{script}.py` | {image} |")
+    return "\n".join(lines)
+
+
+def evidence_text(claim: dict) -> str:
+    parts = []
+    for e in claim["evidence"]:
+        env = e["env"].split("/")[-1]
+        if e["verdict"] == "not testable here":
+            parts.append(f"{env}: not testable ({e['note']})")
+            continue
+        value = f"{e['value']:.3g}" if e["value"] is not None else "nan"
+        interval = f" [{e['low']:.3g}, {e['high']:.3g}]" if e["low"] is not None else ""
+        p = f", p = {e['p']:.2g}" if e["p"] is not None else ""
+        parts.append(f"{env}: {value}{interval}{p} ({e['verdict']})")
+    return "<br>".join(parts)
+
+
+def claims_table() -> str:
+    claims = {}  # id -> {preset: claim}
+    for (script, preset), run in runs().items():
+        for c in json.loads((run / "claims.json").read_text()):
+            claims.setdefault(c["id"], {})[preset] = c
+    lines = ["| claim | the paper | statistic and rule | cpu | long |", "|---|---|---|---|---|"]
+    for cid, by_preset in claims.items():
+        c = next(iter(by_preset.values()))
+        cells = []
+        for preset in PRESETS:
+            if preset in by_preset:
+                p = by_preset[preset]
+                cells.append(f"{VERDICT[p['verdict']]}: {p['summary']}<br>{evidence_text(p)}")
+            else:
+                cells.append("not run")
+        rule = f"{c['statistic']}; {c['rule']}"
+        lines.append("| " + " | ".join(x.replace("|", "/") for x in [f"`{cid}`", c["paper"], rule, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def verdict_counts() -> str:
+    lines = ["| preset | held | not held | inconclusive | not testable | claims |", "|---|---|---|---|---|---|"]
+    for preset in PRESETS:
+        verdicts = [c["verdict"] for (s, p), run in runs().items() if p == preset
+                    for c in json.loads((run / "claims.json").read_text())]
+        if verdicts:
+            count = lambda v: sum(x == v for x in verdicts)
+            lines.append(f"| `{preset}` | {count('held')} | {count('not held')} | {count('inconclusive')} | "
+                         f"{count('not testable here')} | {len(verdicts)} |")
+    return "\n".join(lines)
+
+
+def times_table() -> str:
+    lines = ["| script | preset | wall time | where the time went (seconds) | machine |", "|---|---|---|---|---|"]
+    total = {}
+    for (script, preset), run in runs().items():
+        meta = json.loads((run / "meta.json").read_text())
+        seconds = ", ".join(f"{k} {v:.0f}" for k, v in list(meta.get("seconds", {}).items())[:5])
+        total[preset] = total.get(preset, 0.0) + meta["wall_seconds"]
+        lines.append(f"| `{script}` | `{preset}` | {meta['wall_seconds'] / 60:.1f} min | {seconds} | "
+                     f"{meta.get('machine', '')}, {meta['device']} |")
+    for preset, seconds in total.items():
+        lines.append(f"| all | `{preset}` | {seconds / 60:.1f} min | | |")
     return "\n".join(lines)
 
 
 def bench_table(path: Path) -> str:
+    if not path.exists():
+        return f"(no {path.relative_to(REPO)} yet: run `make bench`)"
     bench = json.loads(path.read_text())
-    machine = bench.get("machine", "the project's 2-core x86_64 CPU machine")
-    lines = [f"Measured by `make bench` on {bench['device']}, {machine} (float32 matmul peak "
-             f"{bench['matmul_peak_flops'] / 1e9:.0f} GFLOP/s measured in the same run).", "",
+    lines = [f"Measured on {bench['device']}, {bench['machine']} (float32 matmul peak "
+             f"{bench['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, measured in the same run).", "",
              "| row | steps/s | MFLOP/step | roofline | notes |", "|---|---|---|---|---|"]
     for r in bench["rows"]:
         notes = ", ".join(f"{k} = {v}" for k, v in r.items()
@@ -46,19 +178,39 @@ def replace(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
+def generate(text: str, figures: Path) -> str:
+    text = replace(text, "figures", figure_table(figures))
+    text = replace(text, "verdicts", verdict_counts())
+    text = replace(text, "claims", claims_table())
+    text = replace(text, "times", times_table())
+    text = replace(text, "bench", bench_table(REFERENCE / "bench" / "bench.json"))
+    return replace(text, "bench-paper", bench_table(REFERENCE / "bench" / "bench_paper.json"))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--claims", action="store_true", help="rewrite the claims table")
-    parser.add_argument("--bench", action="store_true", help="rewrite the benchmark table")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", choices=("readme", "promote"), default="readme")
+    parser.add_argument("--preset", choices=PRESETS, default="cpu", help="promote: the preset the runs were made with")
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="promote: where the runs are")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README would change; write nothing")
+    parser.add_argument("--no-figures", action="store_true", help="do not redraw figures/ (the text only)")
     args = parser.parse_args()
+    if args.command == "promote":
+        promote(args.preset, args.results)
+        return
+    figures = REPO / "figures"
+    if not args.no_figures and not args.check:
+        redraw(figures)
     readme = REPO / "README.md"
     text = readme.read_text()
-    if args.claims:
-        text = replace(text, "claims", claims_table(REPO / "results"))
-    if args.bench:
-        text = replace(text, "bench", bench_table(REPO / "results" / "bench" / "bench.json"))
-    readme.write_text(text)
-    print("README.md tables updated")
+    new = generate(text, figures)
+    if args.check:
+        if new != text:
+            sys.exit("README.md is not what reference/ generates: run `make readme`")
+        print("README.md is what reference/ generates")
+        return
+    readme.write_text(new)
+    print("README.md regenerated from reference/")
 
 
 if __name__ == "__main__":
