@@ -2,8 +2,6 @@
 guarantees (seeds, traced learning rates, resume, divergence), datasets and their formats."""
 
 import dataclasses
-import gzip
-import io
 import json
 import math
 
