@@ -127,9 +127,10 @@ def dormant_fraction(features: Array, tau: float = DORMANT_TAU) -> Array:
 
 
 @functools.lru_cache(maxsize=32)
-def make_probe_fn(net: nn.Module) -> Callable:
+def make_probe_fn(net: nn.Module, mesh: jax.sharding.Mesh | None = None) -> Callable:
     """Compiled ``(stacked params, probe_obs) -> {metric: (members,)}`` on the fixed probe batch:
-    srank, dead units and the dormant fraction of the penultimate layer, and the mean Q value."""
+    srank, dead units and the dormant fraction of the penultimate layer, and the mean Q value.
+    With a ``mesh`` (members sharded over its "members" axis) each device probes its own members."""
 
     def probe_one(params, obs):
         q, features = net.apply(params, obs)
@@ -138,7 +139,14 @@ def make_probe_fn(net: nn.Module) -> Callable:
                 "units": jnp.asarray(features.shape[-1], jnp.int32)}
 
     # per_member, not vmap: srank is an SVD (see per_member).
-    return jax.jit(lambda params, obs: per_member(lambda p: probe_one(p, obs))(params))
+    probe_all = lambda params, obs: per_member(lambda p: probe_one(p, obs))(params)
+    if mesh is not None:
+        # Explicitly per device: left to the partitioner, a loop over a sharded axis gathers every
+        # member onto every device first (an all-gather, and each device probing all members).
+        spec = jax.sharding.PartitionSpec
+        probe_all = jax.shard_map(probe_all, mesh=mesh, in_specs=(spec("members"), spec()), out_specs=spec("members"),
+                                  check_vma=False)  # a network's own scan (the LSTM) starts from unsharded constants
+    return jax.jit(probe_all)
 
 
 # ================================================================================================
@@ -514,6 +522,147 @@ class BsuiteEnv(_LoopEnv):
         return ts.observation, ts.reward or 0.0, last and ts.discount == 0, last and ts.discount != 0
 
 
+class _BatchedBsuite(VectorEnv):
+    """bsuite's Catch, Cartpole and MountainCar as numpy arrays over all envs: the same equations,
+    in the same float64 arithmetic, and one ``np.random.RandomState(seed)`` per env drawn from at
+    each of its resets in bsuite's order, so every env's stream of observations, rewards and
+    terminations is bsuite's, bit for bit (tests/test_common.py steps both side by side). A Python
+    loop over bsuite's objects costs ~15 us per env step; this costs ~15 us per batched step."""
+
+    obs_dtype = np.float32
+
+    def __init__(self, num_envs: int, seed: int, num_actions: int, obs_shape: tuple[int, ...]):
+        seeds = np.random.SeedSequence(seed).generate_state(num_envs)  # as BsuiteEnv seeds its envs
+        self.rngs = [np.random.RandomState(int(s)) for s in seeds]
+        self.num_envs, self.num_actions, self.obs_shape = num_envs, num_actions, obs_shape
+
+    def reset(self) -> np.ndarray:
+        self._reset_envs(np.arange(self.num_envs))
+        return self._observation()
+
+    def step(self, actions):
+        reward, terminated, truncated = self._step(np.asarray(actions, np.int64))
+        obs = self._observation()
+        done = np.flatnonzero(terminated | truncated)
+        if done.size:  # auto-reset: the next episode's first observation replaces the last one
+            self._reset_envs(done)
+            obs[done] = self._observation()[done]
+        return obs, reward.astype(np.float32), terminated, truncated
+
+    def _reset_envs(self, envs: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _observation(self) -> np.ndarray:
+        raise NotImplementedError
+
+
+class BatchedCatch(_BatchedBsuite):
+    """bsuite.environments.catch.Catch (10 rows, 5 columns; actions left, stay, right)."""
+
+    rows, columns = 10, 5
+
+    def __init__(self, num_envs: int, seed: int):
+        super().__init__(num_envs, seed, 3, (self.rows, self.columns))
+        self.ball_x = np.zeros(num_envs, np.int64)
+        self.ball_y = np.zeros(num_envs, np.int64)
+        self.paddle_x = np.full(num_envs, self.columns // 2, np.int64)
+
+    def _reset_envs(self, envs):
+        for i in envs:
+            self.ball_x[i] = self.rngs[i].randint(self.columns)
+        self.ball_y[envs] = 0
+        self.paddle_x[envs] = self.columns // 2
+
+    def _step(self, actions):
+        self.paddle_x = np.clip(self.paddle_x + actions - 1, 0, self.columns - 1)
+        self.ball_y += 1
+        terminated = self.ball_y == self.rows - 1
+        reward = np.where(terminated, np.where(self.paddle_x == self.ball_x, 1.0, -1.0), 0.0)
+        return reward, terminated, np.zeros(self.num_envs, bool)
+
+    def _observation(self):
+        board = np.zeros((self.num_envs, self.rows, self.columns), np.float32)
+        index = np.arange(self.num_envs)
+        board[index, self.ball_y, self.ball_x] = 1.0
+        board[index, self.rows - 1, self.paddle_x] = 1.0
+        return board
+
+
+class BatchedCartpole(_BatchedBsuite):
+    """bsuite.environments.cartpole.Cartpole with its defaults (and its step_cartpole equations)."""
+
+    height_threshold, x_threshold, timescale, max_time, init_range = 0.8, 3.0, 0.01, 10.0, 0.05
+    mass_cart, mass_pole, length, force_mag, gravity = 1.0, 0.1, 0.5, 10.0, 9.8
+
+    def __init__(self, num_envs: int, seed: int):
+        super().__init__(num_envs, seed, 3, (1, 6))
+        self.state = np.zeros((5, num_envs))  # x, x_dot, theta, theta_dot, time_elapsed
+
+    def _reset_envs(self, envs):
+        for i in envs:  # four draws in bsuite's order: x, x_dot, theta, theta_dot
+            self.state[:4, i] = [self.rngs[i].uniform(low=-self.init_range, high=self.init_range) for _ in range(4)]
+        self.state[4, envs] = 0.0
+
+    def _step(self, actions):
+        x, x_dot, theta, theta_dot, time_elapsed = self.state
+        force = (actions - 1) * self.force_mag
+        cos, sin = np.cos(theta), np.sin(theta)
+        pl, m_total = self.mass_pole * self.length, self.mass_cart + self.mass_pole
+        temp = (force + pl * theta_dot**2 * sin) / m_total
+        theta_acc = (self.gravity * sin - cos * temp) / (self.length * (4 / 3 - self.mass_pole * cos**2 / m_total))
+        x_acc = temp - pl * theta_acc * cos / m_total
+        self.state = np.stack([x + self.timescale * x_dot, x_dot + self.timescale * x_acc,
+                               np.remainder(theta + self.timescale * theta_dot, 2 * np.pi),
+                               theta_dot + self.timescale * theta_acc, time_elapsed + self.timescale])
+        rewarded = (np.cos(self.state[2]) > self.height_threshold) & (np.abs(self.state[0]) < self.x_threshold)
+        # bsuite ends an episode that runs past max_time with discount 0: a termination, as there.
+        terminated = (self.state[4] > self.max_time) | ~rewarded
+        return rewarded.astype(np.float64), terminated, np.zeros(self.num_envs, bool)
+
+    def _observation(self):
+        x, x_dot, theta, theta_dot, time_elapsed = self.state
+        obs = np.zeros((self.num_envs, 1, 6), np.float32)
+        obs[:, 0, 0], obs[:, 0, 1] = x / self.x_threshold, x_dot / self.x_threshold
+        obs[:, 0, 2], obs[:, 0, 3] = np.sin(theta), np.cos(theta)
+        obs[:, 0, 4], obs[:, 0, 5] = theta_dot, time_elapsed / self.max_time
+        return obs
+
+
+class BatchedMountainCar(_BatchedBsuite):
+    """bsuite.environments.mountain_car.MountainCar with its defaults (1,000 steps, then a termination)."""
+
+    min_pos, max_pos, max_speed, goal_pos, force, gravity, max_steps = -1.2, 0.6, 0.07, 0.5, 0.001, 0.0025, 1000
+
+    def __init__(self, num_envs: int, seed: int):
+        super().__init__(num_envs, seed, 3, (1, 3))
+        self.position, self.velocity = np.zeros(num_envs), np.zeros(num_envs)
+        self.timestep = np.zeros(num_envs, np.int64)
+
+    def _reset_envs(self, envs):
+        for i in envs:
+            self.position[i] = self.rngs[i].uniform(-0.6, -0.4)
+        self.velocity[envs], self.timestep[envs] = 0.0, 0
+
+    def _step(self, actions):
+        self.timestep += 1
+        velocity = self.velocity + ((actions - 1) * self.force + np.cos(3 * self.position) * -self.gravity)
+        self.velocity = np.clip(velocity, -self.max_speed, self.max_speed)
+        self.position = np.clip(self.position + self.velocity, self.min_pos, self.max_pos)
+        self.velocity = np.where(self.position == self.min_pos, np.clip(self.velocity, 0, self.max_speed),
+                                 self.velocity)
+        terminated = (self.position >= self.goal_pos) | (self.timestep >= self.max_steps)
+        return np.full(self.num_envs, -1.0), terminated, np.zeros(self.num_envs, bool)
+
+    def _observation(self):
+        return np.stack([self.position, self.velocity, self.timestep / self.max_steps], -1)[:, None].astype(np.float32)
+
+
+BATCHED_BSUITE = {"catch": BatchedCatch, "cartpole": BatchedCartpole, "mountain_car": BatchedMountainCar}
+
+
 class MinAtarEnv(_LoopEnv):
     def __init__(self, game: str, num_envs: int, seed: int, sticky_action_prob: float = 0.1,
                  max_episode_steps: int = 10_000):
@@ -606,7 +755,7 @@ def make_env(env_id: str, num_envs: int, seed: int) -> VectorEnv:
     family = validate_env_id(env_id)
     game = env_id.split("/", 1)[1]
     if family == "bsuite":
-        return BsuiteEnv(game, num_envs, seed)
+        return BATCHED_BSUITE[game](num_envs, seed) if game in BATCHED_BSUITE else BsuiteEnv(game, num_envs, seed)
     if family == "minatar":
         return MinAtarEnv(game, num_envs, seed)
     return AtariEnv(_atari_game(game), num_envs, seed)
@@ -1604,14 +1753,34 @@ def probe_rows(ds: Dataset, size: int, seed: int = PROBE_SEED) -> np.ndarray:
 
 
 def member_sharding(num_members: int):
-    """Shards the sweep axis over every device, of every process, when it divides evenly (one GPU or a
-    CPU: a no-op). Several processes (hosts) join one run through ``jax.distributed`` (the scripts'
-    ``--coordinator``, ``--num-processes``, ``--process-id``); the mesh then spans all of them."""
+    """Shards the sweep axis over every device, of every process, when it divides evenly (one device:
+    a no-op; the trainer pads the members to a multiple, see ``member_padding``). A CPU is split
+    into one device per core by the scripts (``--cpu-devices``). Several processes (hosts) join one
+    run through ``jax.distributed`` (``--coordinator``, ``--num-processes``, ``--process-id``); the
+    mesh then spans all of them."""
     devices = jax.devices()
     if len(devices) == 1 or num_members % len(devices):
         return None
     mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
+
+
+def member_padding(num_members: int) -> int:
+    """How many extra members make ``num_members`` split evenly over the devices: 0 on one device
+    or with fewer members than devices (padding those would only add work). The trainer fills the
+    slots with copies of the last member and drops their results: 5 seeds on 2 devices train as
+    3 + 3 members, in 3/5 of the time of 5 on one."""
+    devices = jax.device_count()
+    return 0 if devices == 1 or num_members < devices else -num_members % devices
+
+
+def configure_cpu_devices(count: int = 0) -> None:
+    """Splits the CPU into ``count`` JAX devices (0: one per core), before JAX starts its backend.
+    XLA runs a device's small kernels on one core, so one device leaves the second core of a 2-core
+    machine mostly idle; two devices, with the members split over them, train ~1.8x the
+    member-steps/s (``make bench``). Results are bit-for-bit reproducible for a given device count;
+    another count changes the last bits (each device runs its own compiled program)."""
+    jax.config.update("jax_num_cpu_devices", count or len(os.sched_getaffinity(0)))
 
 
 def place(tree: PyTree, sharding) -> PyTree:
@@ -1692,20 +1861,24 @@ def train_offline(
     ident = stream.ident if stream is not None else ds.ident
     ds = ds.replace(ident="")  # the identity is not part of the program: datasets of one shape share it
     order = np.asarray(ds.valid) if order is None else np.asarray(order)
-    settings = member_settings(members, cfg, len(order))
+    # Copies of the last member fill the last device's slots (member_padding); only the first
+    # ``real`` members' results are recorded or returned.
+    real = len(members)
+    trained = list(members) + [members[-1]] * member_padding(real)
+    settings = member_settings(trained, cfg, len(order))
     order_device = jnp.asarray(order, jnp.int32)
     rows_probe = probe_rows(ds, cfg.probe_size)
     probe = ds.stacked_obs(jnp.asarray(rows_probe))
-    state = init_learners(net, probe[:1], seed_keys(m.seed for m in members), [m.learning_rate for m in members],
+    state = init_learners(net, probe[:1], seed_keys(m.seed for m in trained), [m.learning_rate for m in trained],
                           cfg.optimizer, loss)
     settings_digest = digest(*(np.asarray(v) for v in jax.tree_util.tree_leaves(settings)), sorted(settings))
-    sharding = member_sharding(len(members))
+    sharding = member_sharding(len(trained))
     if sharding is not None:  # members split over the devices; the data and the probe on every one
         replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
         state, settings = place((state, settings), sharding)
         ds, order_device, probe = place((ds, order_device, probe), replicated)
     chunk_fns = {n: make_chunk_fn(net, loss, gradient, cfg.optimizer, cfg.batch_size, n) for n in sorted(set(plan))}
-    probe_fn = make_probe_fn(net)
+    probe_fn = make_probe_fn(net, None if sharding is None else sharding.mesh)
     columns = dict(columns or {})
     member_columns = [{**columns, **m.columns, "seed": m.seed} for m in members]
 
@@ -1725,18 +1898,18 @@ def train_offline(
 
     def measure(step: int, chunk_loss=None, q_mean=None) -> dict[str, np.ndarray]:
         if chunk_loss is not None:
-            finite = to_host(gathered(params_finite(state.params)))
+            finite = to_host(gathered(params_finite(state.params)))[:real]
             recorder.check_finite(step, np.isfinite(chunk_loss) & finite)
             recorder.record(step, "loss", chunk_loss)
             recorder.record(step, "q_mean", q_mean)
         with timings("probe"):
-            probed = to_host(gathered(probe_fn(state.params, probe)))
+            probed = {k: v[:real] for k, v in to_host(gathered(probe_fn(state.params, probe))).items()}
         for name, v in probed.items():
             if name != "units" or step == 0:  # the layer's width, once
                 recorder.record(step, name, v)
         if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
             with timings("evaluate"):
-                for name, v in evaluate(net, gathered(state.params)).items():
+                for name, v in evaluate(net, unsharded(state.params, real)).items():
                     recorder.record(step, name, v)
         return probed
 
@@ -1760,7 +1933,7 @@ def train_offline(
                     ds, order_device = place((ds, order_device), replicated)
         with timings("train" if chunk > start_chunk and plan[chunk] == plan[chunk - 1] else "compile"):
             state, chunk_loss, q_mean = fn(state, ds, order_device, settings)
-            chunk_loss, q_mean = to_host(gathered((chunk_loss, q_mean)))
+            chunk_loss, q_mean = (x[:real] for x in to_host(gathered((chunk_loss, q_mean))))
         probed = measure(int(ends[chunk]), chunk_loss, q_mean)
         alive = recorder.alive()
         if alive:
@@ -1771,7 +1944,25 @@ def train_offline(
                 recorder.save(state, {"chunks_done": chunk + 1})
             last_save = time.time()
     bar.close()
-    return TrainResult(gathered(state), recorder.finish(), dict(recorder.diverged))
+    return TrainResult(unsharded(state, real), recorder.finish(), dict(recorder.diverged))
+
+
+def unsharded(tree: PyTree, members: int) -> PyTree:
+    """The first ``members`` members of a (possibly sharded) stacked pytree, on one local device:
+    what evaluation and the scripts compute on (a sharded input would make their programs SPMD)."""
+    tree = gathered(tree)
+    leaves = jax.tree_util.tree_leaves(tree)
+    if all(len(x.sharding.device_set) == 1 and x.shape[0] == members for x in leaves):
+        return tree  # one device, no padding: already so
+    device = jax.local_devices()[0]
+
+    def one(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = np.asarray(jax.random.key_data(x))[:members]
+            return jax.random.wrap_key_data(jax.device_put(data, device), impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x)[:members], device)
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def params_finite(params: PyTree) -> Array:
@@ -2564,6 +2755,7 @@ def main(study: Study, argv: Sequence[str] | None = None) -> None:
         ("coordinator", str | None, dataclasses.field(default=None)),
         ("num_processes", int, dataclasses.field(default=1)),
         ("process_id", int, dataclasses.field(default=0)),
+        ("cpu_devices", int, dataclasses.field(default=0)),
     ], frozen=True)
     try:
         options = tyro.cli(invocation, args=["--preset", preset, *rest], description=(
@@ -2572,7 +2764,10 @@ def main(study: Study, argv: Sequence[str] | None = None) -> None:
             "go. --plot-only: redraw the figures and claims of a finished run from its metrics.csv, with the "
             "config saved in its meta.json. --figures: draw the figures and tables there instead of in --out. "
             "--coordinator HOST:PORT --num-processes N --process-id I: one of N processes (hosts) of one run; "
-            "the members are split over all their devices and process 0 writes the files."))
+            "the members are split over all their devices and process 0 writes the files. --cpu-devices: "
+            "JAX devices a CPU is split into (0: one per core; results are bit-for-bit for a given count)."))
+        require(options.cpu_devices >= 0, f"--cpu-devices must be >= 0 (got {options.cpu_devices})")
+        configure_cpu_devices(options.cpu_devices)
         if options.num_processes > 1:
             start_distributed(options.coordinator, options.num_processes, options.process_id)
         out = Path(options.out)

@@ -17,9 +17,8 @@ ARGS = [str(REPO / "exp_lr_sweep.py"), "--preset", "smoke", "--studies", "dqn"]
 
 
 def start(args, tmp_path, log, devices=1):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "RANKRL_DATA_DIR": str(tmp_path / "data"), "PYTHONFAULTHANDLER": "1",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return subprocess.Popen([sys.executable, *ARGS, *args], cwd=tmp_path, env=env, stdout=open(log, "w"),
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "RANKRL_DATA_DIR": str(tmp_path / "data"), "PYTHONFAULTHANDLER": "1"}
+    return subprocess.Popen([sys.executable, *ARGS, *args, "--cpu-devices", str(devices)], cwd=tmp_path, env=env, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT)
 
 

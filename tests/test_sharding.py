@@ -1,6 +1,7 @@
 """The sweep axis shards over devices: a run on 4 (forced host) devices gives the same metrics as the
-same run on one device. Each configuration runs in its own process, since XLA fixes the device
-count at start-up."""
+same run on one device, and so does a run whose members do not divide evenly (3 members on 2
+devices: the trainer pads with a copy and drops its rows). Each configuration runs in its own
+process, since JAX fixes the device count at start-up."""
 
 import json
 import os
@@ -20,26 +21,41 @@ terminal = (np.arange(rows) % 8 == 7).astype(np.float32)
 ds = C.make_dataset(obs, rng.integers(3, size=rows), rng.normal(size=rows), terminal, np.arange(rows - 1), 3, 1)
 cfg = C.TrainConfig(num_steps=300, chunk_steps=100, batch_size=16, optimizer="adam", target_update_period=20,
                     probe_size=64, eval_every=0)
-members = [C.Member(s, lr, columns={"lr": lr}) for s in (0, 1) for lr in (1e-3, 1e-2)]
+members = [C.Member(s, lr, columns={"lr": lr}) for s in (0, 1) for lr in (1e-3, 1e-2)][:NUM_MEMBERS]
+padded = NUM_MEMBERS + C.member_padding(NUM_MEMBERS)
 result = C.train_offline(C.MLP(3, (16, 16)), ds, C.DoubleDQN(0.99), members, cfg, progress=False)
 leaf = jax.tree_util.tree_leaves(result.state.params)[0]
-print(json.dumps({"devices": jax.device_count(), "shards": len(leaf.sharding.device_set), "rows": result.rows}))
+sharding = C.member_sharding(padded)
+print(json.dumps({"devices": jax.device_count(), "padded": padded, "rows": result.rows, "members": leaf.shape[0],
+                  "shards": 1 if sharding is None else len(sharding.device_set)}))
 """
 
 
-def run(devices: int) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=300)
+def run(devices: int, members: int = 4) -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    program = f"import jax; jax.config.update('jax_num_cpu_devices', {devices}); NUM_MEMBERS = {members}\n" + PROGRAM
+    proc = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_same_metrics(a_rows, b_rows):
+    assert len(a_rows) == len(b_rows)
+    for a, b in zip(a_rows, b_rows):
+        assert {k: v for k, v in a.items() if k != "value"} == {k: v for k, v in b.items() if k != "value"}
+        assert abs(a["value"] - b["value"]) <= 1e-4 * max(1.0, abs(a["value"])), (a, b)
 
 
 def test_sharded_sweep_matches_single_device():
     single, sharded = run(1), run(4)
     assert single["devices"] == 1 and single["shards"] == 1
     assert sharded["devices"] == 4 and sharded["shards"] == 4  # 4 members, one per device
-    assert len(single["rows"]) == len(sharded["rows"])
-    for a, b in zip(single["rows"], sharded["rows"]):
-        assert {k: v for k, v in a.items() if k != "value"} == {k: v for k, v in b.items() if k != "value"}
-        assert abs(a["value"] - b["value"]) <= 1e-4 * max(1.0, abs(a["value"])), (a, b)
+    assert single["members"] == sharded["members"] == 4  # the result is every member, on one device
+    assert_same_metrics(single["rows"], sharded["rows"])
+
+
+def test_members_that_do_not_divide_are_padded_and_the_copy_dropped():
+    single, padded = run(1, members=3), run(2, members=3)
+    assert padded["devices"] == 2 and padded["padded"] == 4 and padded["shards"] == 2
+    assert single["members"] == padded["members"] == 3
+    assert_same_metrics(single["rows"], padded["rows"])
