@@ -108,6 +108,11 @@ PRESETS = {
                   eval_every=2_500, eval_episodes=8, perturbed_episodes=16, dqn_learning_rate=3e-4,
                   bc_learning_rates=(3e-4, 3e-2), batch_size=32, target_update_period=1_000, dataset_noise=0.1,
                   dataset_size=50_000, shift_levels=(0, 1, 2), scale_levels=(0.0, 0.2, 0.4)),
+    # MinAtar at the paper's bsuite length, 1e6 gradient steps, and its 5 seeds: for a GPU (hours on a CPU).
+    "long": Config(env=("minatar/breakout", "minatar/space_invaders"), seeds=5, num_steps=1_000_000, chunk_steps=5_000,
+                   eval_every=50_000, eval_episodes=10, perturbed_episodes=16, dqn_learning_rate=3e-4,
+                   bc_learning_rates=(3e-4, 3e-2), batch_size=32, target_update_period=1_000, dataset_noise=0.1,
+                   dataset_size=1_000_000, shift_levels=(0, 1, 2), scale_levels=(0.0, 0.2, 0.4)),
     "paper": Config(env=tuple(f"atari/{g}" for g in ("BeamRider", "IceHockey", "MsPacman", "DemonAttack", "Robotank",
                                                      "RoadRunner")),
                     seeds=5, num_steps=2_000_000, chunk_steps=10_000, eval_every=200_000, eval_episodes=10,

@@ -104,3 +104,12 @@ def test_missing_atari_data_is_a_clear_error(tmp_path):
     proc = run_script("exp_lr_sweep", "--preset", "smoke", "--env", "atari/Pong", "--data-dir", str(tmp_path / "none"),
                       "--out", str(tmp_path / "o"), tmp_path=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_preset_passes_its_own_checks(script):
+    """A preset that its own Config.check rejects could only fail when someone runs it."""
+    module = importlib.import_module(script)
+    assert {"cpu", "long", "paper", "smoke"} <= set(module.PRESETS)
+    for preset in module.PRESETS.values():
+        preset.check()
