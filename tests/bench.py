@@ -39,6 +39,8 @@ class Args:
     """Directory for bench.json."""
     quick: bool = False
     """Time fewer steps (for a smoke check of the benchmark itself)."""
+    devices: int = 0
+    """(internal) time only the 60-member program on this many CPU devices, print its JSON, exit."""
     paper: bool = False
     """Time only the paper presets' training programs (Atari Nature CNN at batch 256, the interventions
     study's CURL and SAM programs, the bsuite LR sweep) on synthetic data, into bench_paper.json;
@@ -90,16 +92,22 @@ def compiled_flops(fn, *args) -> float:
 
 
 def time_chunks(net, ds, cfg: C.TrainConfig, members, repeats: int, loss=C.DoubleDQN(0.99),
-                gradient=C.plain_gradient) -> tuple[float, float]:
-    """(seconds per chunk, FLOPs per chunk) of the trainer's compiled chunk for these members."""
+                gradient=C.plain_gradient, sharding=None) -> tuple[float, float]:
+    """(seconds per chunk, FLOPs per chunk) of the trainer's compiled chunk for these members
+    (placed on ``sharding``, if given, as the trainer places them)."""
     state = C.init_learners(net, ds.stacked_obs(ds.valid[:1]), C.seed_keys(m.seed for m in members),
-                            [m.learning_rate for m in members], cfg.optimizer)
+                            [m.learning_rate for m in members], cfg.optimizer, loss)
     order = ds.valid
     settings = C.member_settings(members, cfg, len(ds))
     fn = C.make_chunk_fn(net, loss, gradient, cfg.optimizer, cfg.batch_size, cfg.chunk_steps)
-    # XLA's cost analysis counts a loop body once, so FLOPs per step come from a one-step chunk.
+    # XLA's cost analysis counts a loop body once, so FLOPs per step come from a one-step chunk,
+    # compiled before placement: the whole program's FLOPs, not one device's share.
     one_step = C.make_chunk_fn(net, loss, gradient, cfg.optimizer, cfg.batch_size, 1)
     flops = compiled_flops(one_step, state, ds, order, settings) * cfg.chunk_steps
+    if sharding is not None:
+        replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        state, settings = C.place((state, settings), sharding)
+        ds, order = C.place((ds, order), replicated)
     state, loss, _ = fn(state, ds, order, settings)  # compile and warm up
     loss.block_until_ready()
     start = time.perf_counter()
@@ -179,8 +187,35 @@ def paper_rows(peak: float, scale: float) -> list[dict]:
     return rows
 
 
+def sweep_60(scale: float) -> tuple[float, float]:
+    """(member-steps/s, FLOPs per member-step) of 12 learning rates x 5 seeds as one program, the
+    members sharded over this process's devices (common.member_sharding, as the trainer does)."""
+    catch = synthetic_dataset((10, 5), np.float32, 50_000, 3)
+    mlp = C.MLP(3, (64, 64))
+    cfg = dataclasses.replace(BSUITE, chunk_steps=int(5_000 * scale), num_steps=int(5_000 * scale))
+    members = [C.Member(s, float(lr)) for s in range(5) for lr in np.geomspace(1e-5, 1e-1, 12)]
+    sharding = C.member_sharding(len(members))
+    seconds, flops = time_chunks(mlp, catch, cfg, members, repeats=2, sharding=sharding)
+    return len(members) * cfg.chunk_steps / seconds, flops / (len(members) * cfg.chunk_steps)
+
+
+def sweep_60_on(devices: int, scale: float) -> dict:
+    """sweep_60 in a fresh process with ``devices`` CPU devices (the count is fixed at start-up)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, __file__, "--devices", str(devices)] + (["--quick"] if scale < 1 else []),
+                          capture_output=True, text=True, timeout=900, check=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(args: Args) -> None:
     scale = 0.2 if args.quick else 1.0
+    if args.devices:
+        jax.config.update("jax_num_cpu_devices", args.devices)
+        rate, flops = sweep_60(scale)
+        print(json.dumps({"devices": jax.device_count(), "member_steps_per_s": rate, "flops_per_step": flops}))
+        return
     peak = matmul_peak_flops(1024 if jax.devices()[0].platform == "cpu" else 8192)
     print(f"device: {jax.devices()[0]} ({jax.device_count()} device(s)); float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     rows = []
@@ -207,6 +242,14 @@ def main(args: Args) -> None:
     rows.append(row("lr_sweep_12", 12 * cfg.chunk_steps / sweep_seconds, sweep_flops / (12 * cfg.chunk_steps), peak,
                     cost_vs_12_separate_runs=round(sweep_seconds / (12 * seconds), 3),
                     cost_vs_one_run=round(sweep_seconds / seconds, 2)))
+
+    # --- the paper's bsuite sweep, 12 learning rates x 5 seeds, on one and on two CPU devices -------
+    on_devices = {d: sweep_60_on(d, scale) for d in (1, 2)}
+    for d, r in on_devices.items():
+        rows.append(row(f"sweep_60_members_{d}_device{'s' if d > 1 else ''}", r["member_steps_per_s"],
+                        r["flops_per_step"], peak, members=60,
+                        **({"speedup_vs_1_device": round(r["member_steps_per_s"] /
+                                                         on_devices[1]["member_steps_per_s"], 2)} if d > 1 else {})))
 
     # --- the probe: srank's SVD per member one at a time (the deadlock fix) against batched --------
     members = [C.Member(s, float(lr)) for s in range(2) for lr in np.geomspace(1e-5, 1e-1, 12)]
@@ -245,6 +288,19 @@ def main(args: Args) -> None:
     rows.append(row("offline_dqn_nature_cnn_b256", steps / seconds, flops / steps, peak))
 
     # --- evaluation and storage ----------------------------------------------------------------
+    # bsuite's dynamics batched in numpy (bit-for-bit bsuite, tests/test_common.py) against a loop over
+    # bsuite's own environment objects: 600 cartpoles, as 60 members x 10 evaluation episodes.
+    env_rates = {}
+    for name, env in (("loop", C.BsuiteEnv("cartpole", 600, 0)), ("batched", C.make_env("bsuite/cartpole", 600, 0))):
+        env.reset()
+        actions = np.random.default_rng(0).integers(3, size=(int(200 * scale), 600))
+        start = time.perf_counter()
+        for a in actions:
+            env.step(a)
+        env_rates[name] = 600 * len(actions) / (time.perf_counter() - start)
+    rows.append({"name": "bsuite_cartpole_env_steps_per_s_600_envs", "env_steps_per_s": round(env_rates["batched"]),
+                 "bsuite_loop_env_steps_per_s": round(env_rates["loop"]),
+                 "speedup_vs_bsuite_loop": round(env_rates["batched"] / env_rates["loop"], 1)})
     for env_id, net, shape in (("bsuite/catch", mlp, (1, 10, 5)), ("minatar/breakout", C.MinAtarCNN(3), (1, 10, 10, 4))):
         params = jax.vmap(lambda k: net.init(k, jnp.zeros(shape)))(jax.random.split(jax.random.key(0), 4))
         C.evaluate_policies(net, params, env_id, 2, seed=0, max_steps=50)  # compile
