@@ -1,20 +1,26 @@
 # Two commands do everything on a fresh machine:
-#   make figures   every paper figure at the `cpu` preset (datasets are made locally, cached in data/)
+#   make figures   every study at the `cpu` preset (datasets are made locally, cached in data/), its
+#                  results promoted into reference/, figures/ and the README regenerated from them
 #   make test      unit tests plus a `smoke` run of every script (what CI runs)
 # Every target depends on the pinned virtual environment, so a fresh clone needs no other step.
+#
+# After `make figures`, `git status reference/` says whether this machine reproduced the committed
+# runs bit for bit (metrics.csv.gz is written byte-stably).
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Quiet XLA's CPU warnings; keep one process from grabbing both cores' worth of threads twice.
+README := $(PY) tests/update_readme.py
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-SCRIPTS := exp_lr_sweep.py exp_dataset_size.py exp_activation.py exp_tandem.py exp_robustness.py exp_interventions.py
-TARGETS := $(SCRIPTS:.py=)
+SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions
+# The bsuite studies whose `long` preset fits a 2-core CPU (about an hour each); the MinAtar
+# studies' `long` presets are meant for a GPU: python exp_robustness.py --preset long
+LONG    := exp_lr_sweep exp_activation exp_tandem
 
-.PHONY: setup test unit smoke figures bench clean $(TARGETS)
+.PHONY: setup test unit smoke figures long readme bench clean $(SCRIPTS) $(LONG:%=%-long)
 
 setup: $(STAMP)
 
@@ -23,7 +29,7 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
 	touch $(STAMP)
 
-# Two workers: the 2-core CI machine compiles two scripts' programs at once.
+# Two workers: the 2-core CI machine runs two test files at once.
 test: setup
 	$(PY) -m pytest -q -n 2 tests
 
@@ -33,19 +39,33 @@ unit: setup
 smoke: setup
 	$(PY) -m pytest -q tests -m smoke
 
-# One target per script; each writes results/<script>/ and copies its PNGs (and any Markdown
-# tables) into figures/, which the README shows.
-$(TARGETS): setup
-	$(PY) $@.py --preset cpu
-	mkdir -p figures && cp results/$@/fig*.png figures/
-	for t in results/$@/table*.md; do if [ -e "$$t" ]; then cp "$$t" figures/; fi; done
+# One target per script: the `cpu` run into results/<script>/, promoted into reference/, and the
+# figures and README redrawn from reference/.
+$(SCRIPTS): setup
+	$(PY) $@.py --preset cpu --out results/$@
+	$(README) promote --preset cpu --script $@
+	$(README)
 
-figures: $(TARGETS)
-	$(PY) tests/update_readme.py --claims
+figures: setup
+	for s in $(SCRIPTS); do $(PY) $$s.py --preset cpu --out results/$$s || exit 1; done
+	$(README) promote --preset cpu
+	$(README)
+
+$(LONG:%=%-long): setup
+	$(PY) $(@:-long=).py --preset long --out results/long/$(@:-long=)
+	$(README) promote --preset long --results results/long --script $(@:-long=)
+	$(README)
+
+long: $(LONG:%=%-long)
+
+# The README's tables, numbers and figures/ from reference/ alone (no training).
+readme: setup
+	$(README)
 
 bench: setup
 	$(PY) tests/bench.py --out results/bench
-	$(PY) tests/update_readme.py --bench
+	mkdir -p reference/bench && cp results/bench/bench.json reference/bench/
+	$(README) --no-figures
 
 clean:
-	rm -rf results .pytest_cache __pycache__ tests/__pycache__
+	rm -rf results build .pytest_cache __pycache__ tests/__pycache__

@@ -33,8 +33,8 @@ VERDICT = {"held": "**held**", "not held": "**not held**", "inconclusive": "inco
 # ---- promote: a finished run becomes the reference ------------------------------------------------
 
 
-def promote(preset: str, results: Path) -> None:
-    for script in SCRIPTS:
+def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS) -> None:
+    for script in scripts:
         run = results / script
         if not (run / "meta.json").exists():
             continue
@@ -105,11 +105,23 @@ def evidence_text(claim: dict) -> str:
     return "<br>".join(parts)
 
 
+def not_run(script: str, preset: str) -> str:
+    """Why a claim has no verdict at a preset: its sub-study is not part of that preset's run, or
+    the preset was not run here (the MinAtar and Atari studies' `long` presets are meant for a GPU)."""
+    if (REFERENCE / script / preset / "meta.json").exists():
+        return f"not run: the sub-study is not part of the `{preset}` preset"
+    sys.path.insert(0, str(REPO))
+    families = {env.split("/")[0] for env in getattr(__import__(script).PRESETS[preset], "env", ())}
+    where = "meant for a GPU" if families & {"minatar", "atari"} else "no reference run yet"
+    return f"not run: `{preset}` of {', '.join(sorted(families))} ({where})"
+
+
 def claims_table() -> str:
-    claims = {}  # id -> {preset: claim}
+    claims, script_of = {}, {}  # id -> {preset: claim}; id -> script
     for (script, preset), run in runs().items():
         for c in json.loads((run / "claims.json").read_text()):
             claims.setdefault(c["id"], {})[preset] = c
+            script_of[c["id"]] = script
     lines = ["| claim | the paper | statistic and rule | cpu | long |", "|---|---|---|---|---|"]
     for cid, by_preset in claims.items():
         c = next(iter(by_preset.values()))
@@ -119,7 +131,7 @@ def claims_table() -> str:
                 p = by_preset[preset]
                 cells.append(f"{VERDICT[p['verdict']]}: {p['summary']}<br>{evidence_text(p)}")
             else:
-                cells.append("not run")
+                cells.append(not_run(script_of[cid], preset))
         rule = f"{c['statistic']}; {c['rule']}"
         lines.append("| " + " | ".join(x.replace("|", "/") for x in [f"`{cid}`", c["paper"], rule, *cells]) + " |")
     return "\n".join(lines)
@@ -138,16 +150,23 @@ def verdict_counts() -> str:
 
 
 def times_table() -> str:
-    lines = ["| script | preset | wall time | where the time went (seconds) | machine |", "|---|---|---|---|---|"]
+    lines = ["| script | preset | wall time | evaluation share | where the time went (seconds) | machine |",
+             "|---|---|---|---|---|---|"]
     total = {}
-    for (script, preset), run in runs().items():
-        meta = json.loads((run / "meta.json").read_text())
-        seconds = ", ".join(f"{k} {v:.0f}" for k, v in list(meta.get("seconds", {}).items())[:5])
-        total[preset] = total.get(preset, 0.0) + meta["wall_seconds"]
-        lines.append(f"| `{script}` | `{preset}` | {meta['wall_seconds'] / 60:.1f} min | {seconds} | "
-                     f"{meta.get('machine', '')}, {meta['device']} |")
+    for preset in PRESETS:
+        for script in SCRIPTS:
+            run = REFERENCE / script / preset
+            if not (run / "meta.json").exists():
+                continue
+            meta = json.loads((run / "meta.json").read_text())
+            spent = meta.get("seconds", {})
+            seconds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.5)
+            total[preset] = total.get(preset, 0.0) + meta["wall_seconds"]
+            share = f"{spent.get('evaluate', 0.0) / meta['wall_seconds']:.1%}"
+            lines.append(f"| `{script}` | `{preset}` | {meta['wall_seconds'] / 60:.1f} min | {share} | {seconds} | "
+                         f"{meta.get('machine', '')}, {meta['num_devices']} x {meta['device']} |")
     for preset, seconds in total.items():
-        lines.append(f"| all | `{preset}` | {seconds / 60:.1f} min | | |")
+        lines.append(f"| all | `{preset}` | {seconds / 60:.1f} min | | | |")
     return "\n".join(lines)
 
 
@@ -170,6 +189,46 @@ def bench_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+# The thresholds the claims decide with, read from the source (name, value and the comment that
+# says why), so the README cannot drift from the code.
+DECISION_CONSTANTS = {
+    "common.py": ("ALPHA", "MIN_INTERVAL_SEEDS", "FINAL_FRACTION", "DORMANT_TAU", "EARLY_STEPS", "EARLY_DROP",
+                  "RISE_FACTOR, RISE_UNITS", "LATE_DROP"),
+    "exp_lr_sweep.py": ("STRONG", "DEAD_ONSET, COLLAPSE_ONSET", "UNITS_BOUND", "BATCH_MARGIN"),
+    "exp_dataset_size.py": ("TAU_AGREE", "QUALITY_GOOD"),
+    "exp_interventions.py": ("SIMPSON_MIN", "SAM_MARGIN", "NO_STRONG_TREND"),
+}
+
+
+def constants_table() -> str:
+    lines = ["| where | constant | value | meaning |", "|---|---|---|---|"]
+    for file, names in DECISION_CONSTANTS.items():
+        source = (REPO / file).read_text().splitlines()
+        for name in names:
+            line = next((x for x in source if x.startswith(f"{name} = ")), None)
+            if line is None:
+                sys.exit(f"{file} has no constant {name} (update DECISION_CONSTANTS)")
+            value, _, why = line[len(name) + 3:].partition("  # ")
+            lines.append(f"| `{file}` | `{name}` | `{value.strip()}` | {why.strip().replace('|', chr(92) + '|')} |")
+    return "\n".join(lines)
+
+
+def presets_table() -> str:
+    """Each script's `cpu` and `long` presets: environments, seeds, training length, sub-studies."""
+    sys.path.insert(0, str(REPO))
+    lines = ["| script | preset | environments | seeds | length | sub-studies |", "|---|---|---|---|---|---|"]
+    for script in SCRIPTS:
+        module = __import__(script)
+        for preset in PRESETS:
+            cfg = module.PRESETS[preset]
+            envs = ", ".join(e for e in cfg.env)
+            length = (f"{cfg.num_env_steps:,} env steps" if hasattr(cfg, "num_env_steps")
+                      else f"{cfg.num_steps:,} gradient steps")
+            studies = ", ".join(getattr(cfg, "studies", ())) or "all"
+            lines.append(f"| `{script}` | `{preset}` | {envs} | {cfg.seeds} | {length} | {studies} |")
+    return "\n".join(lines)
+
+
 def replace(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
@@ -183,6 +242,8 @@ def generate(text: str, figures: Path) -> str:
     text = replace(text, "verdicts", verdict_counts())
     text = replace(text, "claims", claims_table())
     text = replace(text, "times", times_table())
+    text = replace(text, "presets", presets_table())
+    text = replace(text, "constants", constants_table())
     text = replace(text, "bench", bench_table(REFERENCE / "bench" / "bench.json"))
     return replace(text, "bench-paper", bench_table(REFERENCE / "bench" / "bench_paper.json"))
 
@@ -192,11 +253,12 @@ def main() -> None:
     parser.add_argument("command", nargs="?", choices=("readme", "promote"), default="readme")
     parser.add_argument("--preset", choices=PRESETS, default="cpu", help="promote: the preset the runs were made with")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="promote: where the runs are")
+    parser.add_argument("--script", action="append", choices=SCRIPTS, help="promote: only this script (repeatable)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the README would change; write nothing")
     parser.add_argument("--no-figures", action="store_true", help="do not redraw figures/ (the text only)")
     args = parser.parse_args()
     if args.command == "promote":
-        promote(args.preset, args.results)
+        promote(args.preset, args.results, tuple(args.script or SCRIPTS))
         return
     figures = REPO / "figures"
     if not args.no_figures and not args.check:
