@@ -41,7 +41,7 @@ smoke: setup
 
 # One target per script: the `cpu` run into results/<script>/, promoted into reference/, and the
 # figures and README redrawn from reference/.
-$(SCRIPTS): setup
+exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions: setup
 	$(PY) $@.py --preset cpu --out results/$@
 	$(README) promote --preset cpu --script $@
 	$(README)
