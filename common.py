@@ -28,6 +28,7 @@ Importing this module changes no global JAX setting.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -2305,13 +2306,17 @@ class Metrics:
         if not isinstance(path, io.StringIO) and not Path(path).exists():
             raise DatasetError(f"{path} does not exist: run the script without --plot-only first")
         self.run_dir = None if isinstance(path, io.StringIO) else Path(path).parent  # the run's other files
-        frame = pd.read_csv(path, float_precision="round_trip", keep_default_na=False, na_values={"value": ["nan"]})
+        # Every cell but seed and step is read as text: settings are typed cell by cell (_typed), as
+        # they were written, since pandas infers types chunk by chunk and can type one column two
+        # ways; values are parsed by Python's float, which round-trips the repr they were written as.
+        frame = pd.read_csv(path, dtype=collections.defaultdict(lambda: str, seed="int64", step="int64"),
+                            keep_default_na=False)
         self.columns = [c for c in frame.columns if c not in VALUE_COLUMNS]
         self.data = {c: np.asarray([_typed(v) for v in frame[c].tolist()], dtype=object) for c in self.columns}
         self.data["seed"] = frame["seed"].to_numpy(np.int64)
         self.step = frame["step"].to_numpy(np.int64)
         self.metric = frame["metric"].to_numpy(object)
-        self.value = frame["value"].to_numpy(np.float64)
+        self.value = frame["value"].to_numpy(object).astype(np.float64)
         self._cache: dict[tuple, np.ndarray] = {}
 
     @classmethod

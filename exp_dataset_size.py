@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -294,15 +294,19 @@ def claim_ordering(m: C.Metrics) -> C.Claim:
         f"(one-sided sign-flip test against {TAU_AGREE}, p < 0.05); not held if tau > {TAU_AGREE}", tuple(evidence))
 
 
+def weak_minus_noiseless(m: C.Metrics, env: str, statistic: Callable[[C.Metrics, dict], np.ndarray]) -> C.Evidence:
+    """Whether the per-seed ``statistic`` is greater on the weak behaviour's data than on the
+    noiseless, fully trained behaviour's data of ``env`` (both from the quality study)."""
+    weak = weak_of(m, env)
+    if weak is None or QUALITY_GOOD not in datasets(m, env):
+        return C.Evidence(env, "not testable here", note="no weak or no noiseless dataset")
+    diff = statistic(m, quality_where(env, weak)) - statistic(m, quality_where(env, QUALITY_GOOD))
+    return C.directional(env, diff, "greater", note="weak - noiseless")
+
+
 def claim_quality_phases(m: C.Metrics) -> C.Claim:
-    evidence = []
-    for env in m.values("env", study="quality", agent="dqn"):
-        weak = weak_of(m, env)
-        if weak is None or QUALITY_GOOD not in datasets(m, env):
-            evidence.append(C.Evidence(env, "not testable here", note="no weak or no noiseless dataset"))
-            continue
-        diff = stuck_in_phase_one(m, quality_where(env, weak)) - stuck_in_phase_one(m, quality_where(env, QUALITY_GOOD))
-        evidence.append(C.directional(env, diff, "greater", note="weak - noiseless"))
+    evidence = [weak_minus_noiseless(m, env, stuck_in_phase_one)
+                for env in m.values("env", study="quality", agent="dqn")]
     return C.Claim(
         "dataset_size.quality_phases", "With data from a poor behaviour policy the agent stays in phase 1, while "
         "with good data it reaches the later phases (Section 4.1, Fig. 4).", "per seed, the fraction of learning "
@@ -326,15 +330,8 @@ def claim_value_error(m: C.Metrics) -> C.Claim:
 
 
 def claim_value_error_poor_data(m: C.Metrics) -> C.Claim:
-    evidence = []
-    for env in m.values("env", study="quality", agent="dqn"):
-        weak = weak_of(m, env)
-        if weak is None or QUALITY_GOOD not in datasets(m, env):
-            evidence.append(C.Evidence(env, "not testable here", note="no weak or no noiseless dataset"))
-            continue
-        diff = (srank_value_error_correlation(m, quality_where(env, weak))
-                - srank_value_error_correlation(m, quality_where(env, QUALITY_GOOD)))
-        evidence.append(C.directional(env, diff, "greater", note="weak - noiseless"))
+    evidence = [weak_minus_noiseless(m, env, srank_value_error_correlation)
+                for env in m.values("env", study="quality", agent="dqn")]
     return C.Claim(
         "dataset_size.value_error_poor_data", "...except where the behaviour policy that generated the data performs "
         "poorly (Appendix A.5, Fig. 29: IceHockey).", "per seed, rho(srank, value error) on the weak behaviour's "

@@ -170,9 +170,9 @@ def times_table() -> str:
     return "\n".join(lines)
 
 
-def bench_table(path: Path) -> str:
+def bench_table(path: Path, how: str = "run `make bench`") -> str:
     if not path.exists():
-        return f"(no {path.relative_to(REPO)} yet: run `make bench`)"
+        return f"(no {path.relative_to(REPO)} yet: {how})"
     bench = json.loads(path.read_text())
     lines = [f"Measured on {bench['device']}, {bench['machine']} (float32 matmul peak "
              f"{bench['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, measured in the same run).", "",
@@ -245,7 +245,8 @@ def generate(text: str, figures: Path) -> str:
     text = replace(text, "presets", presets_table())
     text = replace(text, "constants", constants_table())
     text = replace(text, "bench", bench_table(REFERENCE / "bench" / "bench.json"))
-    return replace(text, "bench-paper", bench_table(REFERENCE / "bench" / "bench_paper.json"))
+    return replace(text, "bench-paper", bench_table(REFERENCE / "bench" / "bench_paper.json",
+                                                 "no GPU has been lent to a session that made this reference"))
 
 
 def main() -> None:
