@@ -1375,6 +1375,9 @@ class Transitions(NamedTuple):
     mc_return: Any  # (n,) float32, discounted return from this step to the episode's end
 
 
+SAMPLE_BLOCK = 64  # rows per block of Replay.sample's two-level search (a draw reads ~capacity/64 + 64 counts)
+
+
 class Replay(NamedTuple):
     """One seed's replay on the device: ring arrays of transitions written in time order, so the
     successor of row i is row i + 1 (mod capacity).
@@ -1411,14 +1414,23 @@ class Replay(NamedTuple):
         return Replay(data, released.at[rows].set(sampleable, mode="drop"), (self.ptr + count) % capacity,
                       jnp.minimum(self.size + count, capacity), jnp.where(count > 0, continues, self.pending))
 
-    def num_sampleable(self) -> Array:
-        return jnp.sum(self.sampleable.astype(jnp.int32))
-
-    def sample(self, key: Array, shape: tuple[int, ...]) -> Array:
-        """Rows drawn uniformly among the sampleable ones (row 0 while there are none)."""
-        cumulative = jnp.cumsum(self.sampleable.astype(jnp.int32))
-        j = jax.random.randint(key, shape, 0, jnp.maximum(cumulative[-1], 1))
-        return jnp.searchsorted(cumulative, j, side="right").astype(jnp.int32)
+    def sample(self, key: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
+        """Rows drawn uniformly among the sampleable ones, and how many rows are sampleable. A row is,
+        for a uniform j, the (j+1)-th sampleable row (the capacity, an out-of-range row, while there
+        are none). It is found in two levels, the block of SAMPLE_BLOCK rows that holds it and then
+        its place in that block, because a prefix sum over the whole buffer made sampling from a
+        200k replay cost as much as the learning step itself; the rows are the prefix sum's."""
+        capacity = self.sampleable.shape[0]
+        blocks = -(-capacity // SAMPLE_BLOCK)
+        flags = jnp.pad(self.sampleable, (0, blocks * SAMPLE_BLOCK - capacity)).reshape(blocks, SAMPLE_BLOCK)
+        per_block = jnp.sum(flags, axis=1, dtype=jnp.int32)
+        through = jnp.cumsum(per_block)  # sampleable rows in this block and the ones before it
+        j = jax.random.randint(key, shape, 0, jnp.maximum(through[-1], 1))
+        block = jnp.searchsorted(through, j, side="right")
+        inside = jnp.minimum(block, blocks - 1)
+        rank = j - (through[inside] - per_block[inside])  # the row's rank among its block's sampleable rows
+        offset = jnp.sum(jnp.cumsum(flags[inside].astype(jnp.int32), axis=-1) <= rank[..., None], axis=-1)
+        return jnp.where(block < blocks, inside * SAMPLE_BLOCK + offset, capacity).astype(jnp.int32), through[-1]
 
     def batch(self, rows: Array) -> Batch:
         following = (rows + 1) % self.data.action.shape[0]
@@ -1531,7 +1543,7 @@ def make_online_step(net: nn.Module, optimizer: str, losses: tuple[Loss, ...], *
     def seed_step(state: OnlineState, block: Transitions, sampleable, count, continues, obs, epsilon, learning):
         replay = state.replay.insert(block, sampleable, count, continues)
         key, sample_key, act_key = jax.random.split(state.key, 3)
-        rows = replay.sample(sample_key, (updates_per_step, batch_size))
+        rows, num_sampleable = replay.sample(sample_key, (updates_per_step, batch_size))
 
         def update(learners, rows):
             batch = replay.batch(rows)
@@ -1540,7 +1552,7 @@ def make_online_step(net: nn.Module, optimizer: str, losses: tuple[Loss, ...], *
             return tuple(s[0] for s in stepped), jnp.stack([s[1] for s in stepped])
 
         updated, loss = jax.lax.scan(update, state.learners, rows)
-        ready = (replay.num_sampleable() >= learning_starts) & learning
+        ready = (num_sampleable >= learning_starts) & learning
         learners = jax.tree_util.tree_map(lambda new, old: jnp.where(ready, new, old), updated, state.learners)
         actor = learners[acting].params if acting is not None else state.actor
         actions = epsilon_greedy(act_key, net.apply(actor, obs)[0], epsilon)

@@ -147,7 +147,7 @@ def test_replay_successors_and_monte_carlo_returns_across_the_ring():
 
 
 def drawn(replay, n=4_000):
-    return set(np.asarray(replay.sample(jax.random.key(0), (n,))).tolist())
+    return set(np.asarray(replay.sample(jax.random.key(0), (n,))[0]).tolist())
 
 
 def test_an_episode_split_across_inserts_is_drawn_only_once_its_successor_is_written():
@@ -197,3 +197,22 @@ def test_the_fork_copies_the_active_agent_and_its_replay(tmp_path):
     after = compiled_step(FORKED)(forked, *block, np.zeros((CFG.seeds, CFG.num_envs, *OBS_SHAPE), np.float32), 0.0,
                                   True)
     assert after[1].shape == (CFG.seeds, CFG.num_envs)
+
+
+@pytest.mark.parametrize("capacity", [1, 63, 64, 65, 1_000, 4_099])
+@pytest.mark.parametrize("share", [0.0, 0.01, 0.5, 1.0])
+def test_two_level_sampling_draws_the_rows_of_a_prefix_sum(capacity, share):
+    """Replay.sample finds the (j+1)-th sampleable row through blocks; it must give exactly the row
+    a prefix sum over the whole buffer gives for the same uniform j, and the sampleable count."""
+    flags = jnp.asarray(np.random.default_rng(capacity).random(capacity) < share)
+    replay = seed0(C.Replay.empty(capacity, (1,), np.float32, 1))._replace(sampleable=flags)
+    key = jax.random.key(3)
+    rows, count = replay.sample(key, (8, 32))
+    cumulative = jnp.cumsum(flags.astype(jnp.int32))
+    j = jax.random.randint(key, (8, 32), 0, jnp.maximum(cumulative[-1], 1))
+    np.testing.assert_array_equal(rows, jnp.searchsorted(cumulative, j, side="right"))
+    assert int(count) == int(flags.sum())
+    if np.asarray(flags).any():
+        assert np.asarray(flags)[np.asarray(rows)].all()
+    else:
+        assert (np.asarray(rows) == capacity).all()  # out of range: the learners are not updated yet
