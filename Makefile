@@ -41,7 +41,13 @@ smoke: setup
 
 # One target per script: the `cpu` run into results/<script>/, promoted into reference/, and the
 # figures and README redrawn from reference/.
-exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions: setup
+exp_lr_sweep: exp_lr_sweep.py setup
+exp_dataset_size: exp_dataset_size.py setup
+exp_activation: exp_activation.py setup
+exp_tandem: exp_tandem.py setup
+exp_robustness: exp_robustness.py setup
+exp_interventions: exp_interventions.py setup
+exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions:
 	$(PY) $@.py --preset cpu --out results/$@
 	$(README) promote --preset cpu --script $@
 	$(README)
