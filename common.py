@@ -450,8 +450,10 @@ MEMORY_LENGTH = 10  # bsuite/memory_len: steps between the context and the query
 class VectorEnv:
     """``num_envs`` copies of one environment, stepped together with automatic reset.
 
-    ``reset() -> obs`` and ``step(actions) -> (obs, reward, terminated, truncated)``; for an env whose
-    episode ended, ``obs`` is already the first observation of its next episode. ``frames_stacked``
+    ``reset() -> obs`` and ``step(actions, active) -> (obs, reward, terminated, truncated)``; for an
+    env whose episode ended, ``obs`` is already the first observation of its next episode. An env
+    may leave the envs outside the boolean mask ``active`` unstepped (zero outputs) where skipping
+    them saves time; the evaluator passes the envs whose first episode still runs. ``frames_stacked``
     is > 1 where the env itself stacks frames (ALE)."""
 
     num_envs: int
@@ -463,7 +465,8 @@ class VectorEnv:
     def reset(self) -> np.ndarray:
         raise NotImplementedError
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -486,13 +489,16 @@ class _LoopEnv(VectorEnv):
     def reset(self) -> np.ndarray:
         return np.stack([self._reset_one(i) for i in range(self.num_envs)])
 
-    def step(self, actions):
-        obs = np.empty((self.num_envs, *self.obs_shape), self.obs_dtype)
+    def step(self, actions, active=None):
+        obs = np.zeros((self.num_envs, *self.obs_shape), self.obs_dtype)
         reward = np.zeros(self.num_envs, np.float32)
         terminated = np.zeros(self.num_envs, bool)
         truncated = np.zeros(self.num_envs, bool)
-        for i, a in enumerate(np.asarray(actions)):
-            obs[i], reward[i], terminated[i], truncated[i] = self._step_one(i, int(a))
+        actions = np.asarray(actions)
+        # Each env costs a Python call, so an evaluation steps only the episodes still running: the
+        # longest episode sets the loop's length, and most envs finish well before it.
+        for i in range(self.num_envs) if active is None else np.flatnonzero(active):
+            obs[i], reward[i], terminated[i], truncated[i] = self._step_one(i, int(actions[i]))
             if terminated[i] or truncated[i]:
                 obs[i] = self._reset_one(i)
         return obs, reward, terminated, truncated
@@ -541,7 +547,7 @@ class _BatchedBsuite(VectorEnv):
         self._reset_envs(np.arange(self.num_envs))
         return self._observation()
 
-    def step(self, actions):
+    def step(self, actions, active=None):  # one numpy step for all envs: nothing to gain by skipping
         reward, terminated, truncated = self._step(np.asarray(actions, np.int64))
         obs = self._observation()
         done = np.flatnonzero(terminated | truncated)
@@ -705,7 +711,7 @@ class AtariEnv(VectorEnv):
     def reset(self):
         return self.env.reset(seed=self.seed)[0]
 
-    def step(self, actions):
+    def step(self, actions, active=None):  # ALE steps all its envs in C++ threads
         obs, reward, terminated, truncated, _ = self.env.step(np.asarray(actions))
         return obs, reward.astype(np.float32), terminated, truncated
 
@@ -2033,7 +2039,7 @@ def evaluate_policies(
     for _ in range(max_steps):
         key, step_key = jax.random.split(key)
         actions, q_taken = act(params, net_obs, step_key)
-        obs, reward, terminated, truncated = env.step(np.asarray(actions))
+        obs, reward, terminated, truncated = env.step(np.asarray(actions), active=running)
         if gamma is not None:
             taken.append(np.asarray(q_taken)), rewards.append(reward * running), alive.append(running.copy())
         returns += reward * running

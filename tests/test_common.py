@@ -540,6 +540,29 @@ def test_evaluate_policies_shapes_and_transform_hook():
     np.testing.assert_array_equal(C.Evaluator("bsuite/catch", 4, seed=0)(net, params)["return"], returns.mean(axis=1))
 
 
+def test_evaluation_skips_finished_minatar_episodes_without_changing_results(monkeypatch):
+    """The evaluator steps only the MinAtar envs whose first episode still runs. The returns and
+    value errors must be exactly those of stepping every env, with fewer env steps."""
+    net = C.MinAtarCNN(3)
+    params = jax.vmap(lambda k: net.init(k, jnp.zeros((1, 10, 10, 4))))(jax.random.split(jax.random.key(1), 2))
+    calls = {"n": 0}
+    step_one = C.MinAtarEnv._step_one
+
+    def counted(self, i, action):
+        calls["n"] += 1
+        return step_one(self, i, action)
+
+    monkeypatch.setattr(C.MinAtarEnv, "_step_one", counted)
+    skipped = C.evaluate_policies(net, params, "minatar/breakout", 6, seed=3, epsilon=0.3, gamma=0.9, max_steps=400)
+    skipping_calls, calls["n"] = calls["n"], 0
+    every_env = C._LoopEnv.step
+    monkeypatch.setattr(C.MinAtarEnv, "step", lambda self, actions, active=None: every_env(self, actions))
+    stepped = C.evaluate_policies(net, params, "minatar/breakout", 6, seed=3, epsilon=0.3, gamma=0.9, max_steps=400)
+    for a, b in zip(skipped, stepped):
+        np.testing.assert_array_equal(a, b)
+    assert skipping_calls < calls["n"]
+
+
 def test_value_error_hand_computed():
     """A network whose Q is the constant c everywhere: on catch (9 steps, reward r = +-1 at the end)
     the discounted return from step t is r * gamma^(8 - t), so the value error is their mean gap."""
