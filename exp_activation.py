@@ -629,7 +629,9 @@ def plot_activation(plt, m: C.Metrics, out: Path) -> None:
     envs = m.values("env", study="activation")
     panels = [("srank", "srank (probe batch of 512)", True), ("return", "evaluation return", False),
               ("dead_units", "dead units (of 64)", True), ("dormant_frac", "dormant fraction (tau = 0.025)", True)]
-    fig, axes = plt.subplots(len(panels), len(envs), figsize=(4.2 * len(envs), 2.6 * len(panels)), squeeze=False)
+    # Constrained layout: with the default one, a figure this tall leaves a band under the title.
+    fig, axes = plt.subplots(len(panels), len(envs), figsize=(4.2 * len(envs), 2.6 * len(panels)), squeeze=False,
+                             layout="constrained")
     for j, env in enumerate(envs):
         for act in m.values("activation", env=env, study="activation"):
             for i, (metric, _, log_x) in enumerate(panels):
