@@ -16,8 +16,9 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions
-# The bsuite studies whose `long` preset fits a 2-core CPU (about an hour each); the MinAtar
-# studies' `long` presets are meant for a GPU: python exp_robustness.py --preset long
+# The bsuite studies whose `long` preset fits a 2-core CPU (28-70 min each, measured; exp_lr_sweep's
+# runs the DQN sweep alone); the MinAtar studies' `long` presets are meant for a GPU:
+# python exp_robustness.py --preset long
 LONG    := exp_lr_sweep exp_activation exp_tandem
 
 .PHONY: setup test unit smoke figures long readme bench clean $(SCRIPTS) $(LONG:%=%-long)
