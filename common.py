@@ -1634,6 +1634,8 @@ def run_online(program: OnlineProgram, step_fn: Callable, state: OnlineState, re
     else:
         state = restore_like(state, resumed[0])
         host = cloudpickle.loads(resumed[2])
+        if recorder.directory is not None:
+            timings.resumed[recorder.directory.name] = f"step {host['step']} of {program.stop}"
     progress(host["step"] - program.start)
     last_save = time.time()
     first = True
@@ -1939,6 +1941,7 @@ def train_offline(
     else:
         state = restore_like(state, resumed[0])
         start_chunk = resumed[1]["chunks_done"]
+        timings.resumed[recorder.directory.name] = f"{start_chunk} of {len(plan)} chunks"
     last_save = time.time()
     bar = tqdm(range(start_chunk, len(plan)), initial=start_chunk, total=len(plan), disable=not progress,
                desc=" ".join(str(v) for v in columns.values()), unit="chunk", dynamic_ncols=True)
@@ -2261,10 +2264,12 @@ def describe_columns(columns: Mapping) -> str:
 
 class Timings:
     """Wall seconds per phase of a run (compile, train, probe, evaluate, collect, checkpoint, ...):
-    ``with timings("train"): ...``. Written to meta.json, so a run says where its time went."""
+    ``with timings("train"): ...``. Written to meta.json, so a run says where its time went, and
+    which of its trainings continued from a checkpoint (their earlier time is not in this run's)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.resumed: dict[str, str] = {}  # checkpoint directory -> how far it had got
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
@@ -2845,7 +2850,8 @@ def _run_study(study: Study, preset: str, config: Any, out: Path, plot_only: boo
         extra = study.run(config, out, timings) or {}
         if not is_main_process():  # process 0 writes the run's files
             return
-        write_meta(out, preset, config, time.time() - start, {"seconds": timings.summary(), **extra})
+        resumed = {"resumed": timings.resumed} if timings.resumed else {}
+        write_meta(out, preset, config, time.time() - start, {"seconds": timings.summary(), **resumed, **extra})
     metrics = Metrics(metrics_path(out))
     if study.analyse is not None:
         study.analyse(metrics, config, figures)

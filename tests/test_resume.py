@@ -50,11 +50,11 @@ class Penalised:
         return value + settings["weight"] * jnp.mean(jnp.abs(aux["features"]) ** self.power), aux
 
 
-def run(tmp_path, ds=None, net=None, loss=None, members=None, cfg=CFG, order=None):
+def run(tmp_path, ds=None, net=None, loss=None, members=None, cfg=CFG, order=None, timings=None):
     ds = ds if ds is not None else toy()
     return C.train_offline(net or C.MLP(3, (8,)), ds, loss or Penalised(),
                            members or [C.Member(0, 1e-3, settings={"weight": 0.1})], cfg, order=order,
-                           checkpoints=tmp_path, progress=False)
+                           checkpoints=tmp_path, progress=False, timings=timings)
 
 
 def checkpoints(tmp_path):
@@ -62,10 +62,12 @@ def checkpoints(tmp_path):
 
 
 def test_changing_nothing_resumes_and_changing_anything_redoes_the_run(tmp_path, capsys, monkeypatch):
-    first = run(tmp_path)
-    assert len(checkpoints(tmp_path)) == 1
-    again = run(tmp_path)  # the same run: loaded, not redone
+    timings = C.Timings()
+    first = run(tmp_path, timings=timings)
+    assert len(checkpoints(tmp_path)) == 1 and timings.resumed == {}
+    again = run(tmp_path, timings=timings)  # the same run: loaded, not redone
     assert again.rows == first.rows and "resuming" in capsys.readouterr().err
+    assert timings.resumed == {checkpoints(tmp_path)[0]: "2 of 2 chunks"}  # what meta.json will say
     assert len(checkpoints(tmp_path)) == 1
     ds = toy()
     swapped = np.asarray(ds.valid).copy()
@@ -208,6 +210,8 @@ def test_tandem_run_killed_at_a_random_moment_resumes_to_the_same_metrics(tmp_pa
     assert killed is None, "the run finished before the kill"
     child(args, tmp_path / "b")
     assert (tmp_path / "a" / "out" / "metrics.csv").read_bytes() == (tmp_path / "b" / "out" / "metrics.csv").read_bytes()
+    meta = lambda run: json.loads((tmp_path / run / "out" / "meta.json").read_text())
+    assert "resumed" not in meta("a") and meta("b")["resumed"], "meta.json must say which programs were resumed"
 
 
 def _env_step(out: Path) -> int:
