@@ -207,13 +207,19 @@ def run(cfg: Config, out: Path, timings: C.Timings) -> None:
 
 def perturbed_returns(cfg: Config, env_id: str, net, columns: dict, members, params) -> list[dict]:
     """Mean return of every member under each perturbation and level (evaluation time only),
-    as rows of the metric ``return_perturbed`` with the typed columns ``perturbation`` and ``level``."""
-    rows = []
+    as rows of the metric ``return_perturbed`` with the typed columns ``perturbation`` and ``level``.
+    Level 0 of either kind is the clean observation and the policies are greedy, so its episodes
+    are played once and reported under both kinds (the same returns, one evaluation fewer)."""
+    rows, clean = [], None
     for kind, levels in (("shift", cfg.shift_levels), ("scale", cfg.scale_levels)):
         for level in levels:
-            evaluate = C.Evaluator(env_id, cfg.perturbed_episodes, seed=C.PERTURBED_EVAL_SEED,
-                                   transform=Perturbation(kind, level, C.image_axes(env_id)))
-            returns = evaluate(net, params)["return"]
+            if level == 0 and clean is not None:
+                returns = clean
+            else:
+                evaluate = C.Evaluator(env_id, cfg.perturbed_episodes, seed=C.PERTURBED_EVAL_SEED,
+                                       transform=Perturbation(kind, level, C.image_axes(env_id)))
+                returns = evaluate(net, params)["return"]
+                clean = returns if level == 0 else clean
             rows += [{**columns, **m.columns, "seed": m.seed, "perturbation": kind, "level": float(level),
                       "step": cfg.num_steps, "metric": "return_perturbed", "value": float(r)}
                      for m, r in zip(members, returns)]
