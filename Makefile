@@ -17,8 +17,8 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 
 SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions
 # The bsuite studies whose `long` preset fits a 2-core CPU (measured: activation 28 min, tandem 48,
-# lr_sweep 106: its DQN sweep 68 and BC sweep 38, the batch-size study left out); the MinAtar
-# studies' `long` presets are meant for a GPU:
+# lr_sweep 68 + 38 for its DQN and BC sweeps, the batch-size study left out); the MinAtar studies'
+# `long` presets are meant for a GPU:
 # python exp_robustness.py --preset long
 LONG    := exp_lr_sweep exp_activation exp_tandem
 

@@ -168,7 +168,7 @@ def times_table() -> str:
             wall = f"{meta['wall_seconds'] / 60:.1f} min"
             if resumed:
                 wall += f" (resumed {len(resumed)} training{'s' if len(resumed) > 1 else ''} from an earlier run)"
-            partial |= {preset} if resumed else set()
+                partial.add(preset)
             lines.append(f"| `{script}` | `{preset}` | {wall} | {share} | {seconds} | "
                          f"{meta.get('machine', '')}, {meta['num_devices']} x {meta['device']} |")
     for preset, seconds in total.items():
