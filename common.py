@@ -1634,8 +1634,7 @@ def run_online(program: OnlineProgram, step_fn: Callable, state: OnlineState, re
     else:
         state = restore_like(state, resumed[0])
         host = cloudpickle.loads(resumed[2])
-        if recorder.directory is not None:
-            timings.resumed[recorder.directory.name] = f"step {host['step']} of {program.stop}"
+        timings.resumed[recorder.directory.name] = f"step {host['step']} of {program.stop}"
     progress(host["step"] - program.start)
     last_save = time.time()
     first = True
