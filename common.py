@@ -2024,13 +2024,17 @@ def evaluate_policies(
     cut off by ``max_steps`` counts the rewards it got).
 
     Actions are greedy on Q (or logits) with probability 1 - epsilon. ``obs_transform(key, obs)``
-    perturbs observations before the network sees them (the robustness study); ``history`` > 1
+    perturbs observations before the network sees them (the robustness study): a plain callable is
+    compiled in as a constant, a pytree (say a ``flax.struct.dataclass``) is an argument of the
+    compiled policy, so transforms that differ only in its leaves share one program; ``history`` > 1
     feeds the last ``history`` observations (zero before the episode start) to recurrent agents.
     """
     members = jax.tree_util.tree_leaves(params)[0].shape[0]
     env = make_env(env_id, members * num_episodes, seed)
     key = jax.random.key(seed)
-    act = _act_fn(net, members, num_episodes, epsilon, obs_transform)
+    act = _act_fn(net, members, num_episodes, epsilon)
+    if obs_transform is not None and jax.tree_util.all_leaves([obs_transform]):
+        obs_transform = jax.tree_util.Partial(obs_transform)  # a plain callable: a constant of the program
 
     obs = env.reset()
     stack = HistoryStack(obs, history) if history > 1 and env.frames_stacked == 1 else None
@@ -2040,7 +2044,7 @@ def evaluate_policies(
     taken, rewards, alive = [], [], []  # per step, for the value error
     for _ in range(max_steps):
         key, step_key = jax.random.split(key)
-        actions, q_taken = act(params, net_obs, step_key)
+        actions, q_taken = act(params, net_obs, step_key, obs_transform)
         obs, reward, terminated, truncated = env.step(np.asarray(actions), active=running)
         if gamma is not None:
             taken.append(np.asarray(q_taken)), rewards.append(reward * running), alive.append(running.copy())
@@ -2063,9 +2067,11 @@ def evaluate_policies(
 
 
 @functools.lru_cache(maxsize=64)  # repeated evaluations of a run reuse one compiled policy
-def _act_fn(net: nn.Module, members: int, num_episodes: int, epsilon: float, obs_transform: Callable | None):
+def _act_fn(net: nn.Module, members: int, num_episodes: int, epsilon: float):
+    # The transform is an argument, not a constant: a transform that is a pytree (the robustness
+    # study's perturbations: kind static, level a leaf) compiles once for all its levels.
     @jax.jit
-    def act(params, obs, key):
+    def act(params, obs, key, obs_transform):
         transform_key, explore_key, random_key = jax.random.split(key, 3)
         if obs_transform is not None:
             obs = obs_transform(transform_key, obs)
@@ -2111,24 +2117,22 @@ def image_axes(env_id: str) -> tuple[int, int]:
     return (2, 3) if env_id.startswith("atari/") else (1, 2)
 
 
-def random_shift(key: Array, obs: Array, pad: int, axes: tuple[int, int] = (1, 2)) -> Array:
+def random_shift(key: Array, obs: Array, pad: int | Array, axes: tuple[int, int] = (1, 2)) -> Array:
     """DrQ's random shift (Yarats et al. 2020): pad each image by ``pad`` pixels replicating its edges,
     then crop a random window of the original size. Per-sample offsets; shape and dtype kept;
-    the identity when pad is 0."""
-    if pad == 0:
+    the identity when pad is 0. Written as a gather of clipped indices (cropping the edge-padded
+    image at offset o reads pixel clip(i + o - pad)), so ``pad`` may be traced: one compiled
+    program serves every level of the robustness study."""
+    if isinstance(pad, int) and pad == 0:
         return obs
-    widths = [(0, 0)] * obs.ndim
-    for a in axes:
-        widths[a] = (pad, pad)
-    padded = jnp.pad(obs, widths, mode="edge")
-    offsets = jax.random.randint(key, (obs.shape[0], 2), 0, 2 * pad + 1)
+    offsets = jax.random.randint(key, (obs.shape[0], 2), 0, 2 * pad + 1) - pad
+    rows = jnp.clip(jnp.arange(obs.shape[axes[0]]) + offsets[:, :1], 0, obs.shape[axes[0]] - 1)
+    cols = jnp.clip(jnp.arange(obs.shape[axes[1]]) + offsets[:, 1:], 0, obs.shape[axes[1]] - 1)
 
-    def crop(image, offset):
-        start = [0] * image.ndim
-        start[axes[0] - 1], start[axes[1] - 1] = offset[0], offset[1]
-        return jax.lax.dynamic_slice(image, start, obs.shape[1:])
+    def crop(image, r, c):
+        return jnp.take(jnp.take(image, r, axis=axes[0] - 1, mode="clip"), c, axis=axes[1] - 1, mode="clip")
 
-    return jax.vmap(crop)(padded, offsets)
+    return jax.vmap(crop)(obs, rows, cols)
 
 
 

@@ -708,6 +708,22 @@ def test_random_shift_is_a_crop_of_the_edge_padded_image():
     assert any(np.array_equal(out, c) for c in crops)
 
 
+@pytest.mark.parametrize("pad", [0, 1, 2, 3])
+def test_random_shift_with_a_traced_pad_equals_the_static_one(pad):
+    """One compiled program serves every pad (the robustness study's levels), with the same pixels:
+    each sample is a crop of its edge-padded image, and the crops vary across samples."""
+    images = jax.random.randint(jax.random.key(0), (32, 6, 7, 2), 0, 256).astype(jnp.uint8)
+    key = jax.random.key(4)
+    static = np.asarray(C.random_shift(key, images, pad))
+    np.testing.assert_array_equal(jax.jit(C.random_shift)(key, images, pad), static)
+    offsets = set()
+    for image, out in zip(np.asarray(images), static):
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        crops = {(i, j): padded[i:i + 6, j:j + 7] for i in range(2 * pad + 1) for j in range(2 * pad + 1)}
+        offsets.add(next(o for o, c in crops.items() if np.array_equal(out, c)))  # StopIteration: not a crop
+    assert len(offsets) == 1 if pad == 0 else len(offsets) > 1  # per-sample offsets
+
+
 # ---------------------------------------------------------------------------------------------
 # The deadlock: no batched LAPACK call in any compiled program
 # ---------------------------------------------------------------------------------------------
