@@ -487,7 +487,9 @@ class _LoopEnv(VectorEnv):
         raise NotImplementedError
 
     def reset(self) -> np.ndarray:
-        return np.stack([self._reset_one(i) for i in range(self.num_envs)])
+        # In obs_dtype, as step returns them (MinAtar's states are bool): one dtype, so one compiled
+        # policy, and a perturbation rounds the first observation of an episode as it rounds the rest.
+        return np.stack([self._reset_one(i) for i in range(self.num_envs)]).astype(self.obs_dtype)
 
     def step(self, actions, active=None):
         obs = np.zeros((self.num_envs, *self.obs_shape), self.obs_dtype)

@@ -194,10 +194,13 @@ def test_unknown_env_id_names_the_id_and_families():
 def test_make_env_batched_interface(env_id):
     env = C.make_env(env_id, 3, seed=0)
     obs = env.reset()
-    assert obs.shape == (3, *env.obs_shape) and env.num_actions >= 2
+    # reset and step return one dtype (MinAtar's own states are bool): a policy compiles once, and a
+    # perturbation treats an episode's first observation as it treats the rest.
+    assert obs.shape == (3, *env.obs_shape) and obs.dtype == env.obs_dtype and env.num_actions >= 2
     for _ in range(5):
         obs, reward, terminated, truncated = env.step(np.zeros(3, np.int32))
         assert obs.shape == (3, *env.obs_shape) and reward.shape == terminated.shape == truncated.shape == (3,)
+        assert obs.dtype == env.obs_dtype
     env.close()
 
 
