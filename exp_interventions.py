@@ -106,6 +106,9 @@ class Config:
     """Gradient steps per run of the memory-task study."""
     memory_seeds: int = 5
     """Seeds per variant of the memory-task study."""
+    memory_dataset_size: int = 50_000
+    """Transitions in the memory task's dataset (the bsuite studies' 50k at every preset: the game
+    datasets' size, 1e6 at ``long`` and DQN Replay at ``paper``, is not the memory task's)."""
     memory_learning_rate: float = 1e-3
     """Adam learning rate of the memory-task study (the paper's DeepMind Lab rate)."""
     memory_curl_weights: tuple[float, ...] = (0.0, 1e-3, 0.1, 1.0)
@@ -142,8 +145,8 @@ class Config:
         C.require(self.checkpoint_seconds >= 0, "--checkpoint-seconds must be >= 0")
         C.check_env_ids((*self.env, *self.curl_sweep_env, self.memory_env))
         C.require(self.memory_env == "bsuite/memory_len", "--memory-env must be bsuite/memory_len")
-        C.require_positive(self, "sam_pair_seeds", "memory_steps", "memory_seeds", "memory_learning_rate",
-                           "curl_latent_dim", "curl_tau", "memory_noise")
+        C.require_positive(self, "sam_pair_seeds", "memory_steps", "memory_seeds", "memory_dataset_size",
+                           "memory_learning_rate", "curl_latent_dim", "curl_tau", "memory_noise")
         C.require_multiple(self, "memory_steps", "eval_every")
         C.require_positive(self, "seeds", "num_steps", "chunk_steps", "eval_every", "eval_episodes", "batch_size",
                            "learning_rate", "treatment_learning_rate", "target_update_period",
@@ -194,7 +197,7 @@ PRESETS = {
                     design="quarter", curl_sweep_weights=(0.0, 1.0), curl_sweep_env=("bsuite/catch",),
                     curl_sweep_seeds=2, dataset_noise=0.1, dataset_size=2_000, permutations=2_000,
                     reference_episodes=8, sam_pair_seeds=2, memory_steps=200, memory_seeds=2,
-                    memory_curl_weights=(0.0, 1.0)),
+                    memory_dataset_size=2_000, memory_curl_weights=(0.0, 1.0)),
 }
 
 
@@ -219,7 +222,8 @@ def run(cfg: Config, out: Path, timings: C.Timings) -> dict:
     design = fractional_factorial(len(fs), GENERATORS[cfg.design])
     control = np.zeros(len(fs), bool)
     rows = []
-    for env_id in cfg.env:
+    # The game sub-studies share each game's dataset and normalisation; the memory study needs neither.
+    for env_id in cfg.env if set(cfg.studies) - {"memory"} else ():
         with timings("collect"):
             ds = C.offline_dataset(env_id, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
                                    data_dir=cfg.data_dir, checkpoints=cfg.replay_checkpoints)
@@ -279,7 +283,7 @@ def run_memory(cfg: Config, out: Path, timings: C.Timings) -> list[dict]:
     each CURL weight and, separately, with SAM."""
     history = C.MEMORY_LENGTH + 1
     with timings("collect"):
-        ds = C.offline_dataset(cfg.memory_env, noise=cfg.dataset_noise, num_transitions=cfg.dataset_size,
+        ds = C.offline_dataset(cfg.memory_env, noise=cfg.dataset_noise, num_transitions=cfg.memory_dataset_size,
                                history=history)
     train = C.TrainConfig(num_steps=cfg.memory_steps, chunk_steps=cfg.chunk_steps, batch_size=cfg.batch_size,
                           optimizer=cfg.optimizer, target_update_period=cfg.target_update_period,
