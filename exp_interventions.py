@@ -175,7 +175,8 @@ PRESETS = {
                   curl_sweep_env=("minatar/space_invaders", "minatar/breakout"), curl_sweep_seeds=2,
                   dataset_noise=0.1, dataset_size=50_000),
     # 1e5 gradient steps (10x cpu) and 2 seeds of the whole design, MinAtar datasets of 1e6
-    # transitions: for a GPU (the 32 design runs alone are ~3 h on a 2-core CPU).
+    # transitions: for a GPU (the 32 design runs alone are ~3 h on a 2-core CPU). The memory-task
+    # study alone (--studies memory, bsuite) took 75 min on 2 CPU cores: `make exp_interventions-long`.
     "long": Config(env=("minatar/space_invaders", "minatar/breakout"), seeds=2, num_steps=100_000, chunk_steps=5_000,
                    eval_every=10_000, eval_episodes=10, batch_size=32, learning_rate=3e-4,
                    treatment_learning_rate=3e-3, target_update_period=2_500, treatment_target_update_period=200,
@@ -935,7 +936,8 @@ def claim_memory_curl(m: C.Metrics) -> C.Claim:
         weights = sorted(m.values("curl_weight", **where))
         ret = np.stack([C.final_values(m, "return", curl_weight=w, **where) for w in weights])
         rhos = [C.spearman(np.log10(np.asarray(weights) + 1e-4), r) for r in ret.T]
-        evidence.append(C.two_sided(env, rhos, NO_STRONG_TREND, "equal", note=f"{len(weights)} weights"))
+        same = "; every weight returned the same" if np.all(ret == ret[:1]) else ""  # rho undefined
+        evidence.append(C.two_sided(env, rhos, NO_STRONG_TREND, "equal", note=f"{len(weights)} weights{same}"))
     return C.Claim(
         "interventions.memory_curl", "Across CURL loss weights there is no consistent pattern (Appendix A.6, "
         "Fig. 30; the memory task standing in for DeepMind Lab).", "per seed, Spearman's rho between the CURL "
@@ -952,7 +954,8 @@ def claim_memory_rank_return(m: C.Metrics) -> C.Claim:
         srank = np.stack([C.final_values(m, "srank", curl_weight=w, sam_rho=r, **where) for w, r in variants])
         ret = np.stack([C.final_values(m, "return", curl_weight=w, sam_rho=r, **where) for w, r in variants])
         rhos = [C.spearman(s, r) for s, r in zip(srank.T, ret.T)]
-        evidence.append(C.two_sided(env, rhos, NO_STRONG_TREND, "equal", note=f"{len(variants)} variants"))
+        same = "; every variant returned the same" if np.all(ret == ret[:1]) else ""  # rho undefined
+        evidence.append(C.two_sided(env, rhos, NO_STRONG_TREND, "equal", note=f"{len(variants)} variants{same}"))
     return C.Claim(
         "interventions.memory_rank_return", "With CURL, with SAM, or as an aggregate, there is no strong "
         "correlation between the performance and the rank of the agent (Appendix A.3, Fig. 26; the memory task "
@@ -1143,7 +1146,9 @@ def plot_memory_rank_return(plt, m: C.Metrics, out: Path) -> None:
         ax.scatter(s, r, color=color, s=18, label=label)
         all_s += list(s)
         all_r += list(r)
-    ax.set(xlabel="final srank", ylabel="final return", title=f"{env}: Spearman over all {C.spearman(all_s, all_r):.2f}")
+    rho = C.spearman(all_s, all_r)
+    overall = f"Spearman over all {rho:.2f}" if np.isfinite(rho) else "Spearman undefined: every run returned the same"
+    ax.set(xlabel="final srank", ylabel="final return", title=f"{env}: {overall}")
     ax.legend(fontsize=6)
     fig.suptitle("Fig. 26 (stand-in for DeepMind Lab): srank against return, LSTM agent with CURL and SAM")
     C.save_figure(fig, out, "fig26_memory_rank_vs_return")

@@ -164,3 +164,13 @@ def test_memory_rank_return(slope, expected):
 
     assert verdicts(E.claim_memory_rank_return(sweep_metrics("memory", fn, variants, env="bsuite/memory_len"))) == \
         [expected]
+
+
+def test_memory_claims_say_why_a_solved_task_is_not_testable():
+    """Every variant returning the same (the long run solves the task: return 1 everywhere) leaves
+    Spearman's rho undefined: not testable, and the note says why."""
+    variants = WEIGHTS + [(0.0, 0.05)]
+    m = sweep_metrics("memory", lambda v, s: {"return": 1.0, "srank": 10.0 + variants.index(v) + s}, variants,
+                      env="bsuite/memory_len")
+    for claim in (E.claim_memory_curl(m), E.claim_memory_rank_return(m)):
+        assert verdicts(claim) == ["not testable here"] and "returned the same" in claim.evidence[0].note
