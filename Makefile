@@ -17,10 +17,11 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 
 SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions
 # The bsuite studies whose `long` preset fits a 2-core CPU (measured: activation 28 min, tandem 48,
-# lr_sweep 68 + 38 for its DQN and BC sweeps, the batch-size study left out); the MinAtar studies'
-# `long` presets are meant for a GPU:
+# lr_sweep 68 + 38 for its DQN and BC sweeps, the batch-size study left out, and exp_interventions'
+# memory-task study alone, 75); the MinAtar studies' `long` presets are meant for a GPU:
 # python exp_robustness.py --preset long
-LONG    := exp_lr_sweep exp_activation exp_tandem
+LONG    := exp_lr_sweep exp_activation exp_tandem exp_interventions
+LONG_ARGS_exp_interventions := --studies memory
 
 .PHONY: setup test unit smoke figures long readme bench clean $(SCRIPTS) $(LONG:%=%-long)
 
@@ -60,7 +61,7 @@ figures: setup
 	$(README)
 
 $(LONG:%=%-long): setup
-	$(PY) $(@:-long=).py --preset long --out results/long/$(@:-long=)
+	$(PY) $(@:-long=).py --preset long $(LONG_ARGS_$(@:-long=)) --out results/long/$(@:-long=)
 	$(README) promote --preset long --results results/long --script $(@:-long=)
 	$(README)
 

@@ -106,14 +106,20 @@ def evidence_text(claim: dict) -> str:
 
 
 def not_run(script: str, preset: str) -> str:
-    """Why a claim has no verdict at a preset: its sub-study is not part of that preset's run, or
-    the preset was not run here (the MinAtar and Atari studies' `long` presets are meant for a GPU)."""
-    if (REFERENCE / script / preset / "meta.json").exists():
-        return f"not run: the sub-study is not part of the `{preset}` preset"
+    """Why a claim has no verdict at a preset: its sub-study is not part of that preset, or the
+    reference run narrowed the preset's sub-studies (``--studies``), or the preset was not run here
+    (the MinAtar and Atari studies' `long` presets are meant for a GPU)."""
     sys.path.insert(0, str(REPO))
-    families = {env.split("/")[0] for env in getattr(__import__(script).PRESETS[preset], "env", ())}
+    cfg = __import__(script).PRESETS[preset]
+    families = {env.split("/")[0] for env in getattr(cfg, "env", ())}
     where = "meant for a GPU" if families & {"minatar", "atari"} else "no reference run yet"
-    return f"not run: `{preset}` of {', '.join(sorted(families))} ({where})"
+    meta = REFERENCE / script / preset / "meta.json"
+    if not meta.exists():
+        return f"not run: `{preset}` of {', '.join(sorted(families))} ({where})"
+    ran = json.loads(meta.read_text())["config"].get("studies", ())
+    if set(ran) != set(getattr(cfg, "studies", ())):
+        return f"not run: the `{preset}` reference run has only the {', '.join(ran)} sub-study (the rest: {where})"
+    return f"not run: the sub-study is not part of the `{preset}` preset"
 
 
 def claims_table() -> str:
