@@ -41,7 +41,8 @@ def test_level_zero_is_one_clean_evaluation_reported_under_both_kinds(monkeypatc
 def test_levels_of_one_kind_share_one_compiled_policy(monkeypatch):
     """The level is an argument of the compiled policy, not a constant: the evaluator traces the
     perturbation once per kind, however many levels it plays (a compile cost ~1 s per level)."""
-    cfg = dataclasses.replace(R.PRESETS["smoke"], perturbed_episodes=2, shift_levels=(0, 1, 2), scale_levels=(0.0, 0.2, 0.4))
+    cfg = dataclasses.replace(R.PRESETS["smoke"], perturbed_episodes=2, shift_levels=(0, 1, 2),
+                              scale_levels=(0.0, 0.2, 0.4))
     net = C.MinAtarCNN(3)
     params = jax.vmap(lambda k: net.init(k, jnp.zeros((1, 10, 10, 4))))(jax.random.split(jax.random.key(2), 2))
     members = [C.Member(seed=s, learning_rate=3e-4) for s in range(2)]
