@@ -395,13 +395,15 @@ class DoubleDQN:
 
     def __call__(self, apply, params, target_params, batch, settings, key, loss_state=()):
         reward = jnp.clip(batch.reward, -1.0, 1.0) if self.clip_rewards else batch.reward
-        # One forward pass of the online net on [s, s'] (cheaper than two on small CPU matmuls).
-        q_both, features_both = apply(params, jnp.concatenate([batch.obs, batch.next_obs]))
-        q_tm1, q_t_selector = jnp.split(q_both, 2)
+        q_tm1, features = apply(params, batch.obs)
+        # The online net's choice of a' carries no gradient, so it gets its own pass on stopped
+        # parameters. One pass on [s, s'] would run the backward pass over s' too (zero cotangents,
+        # full matmuls): a quarter more FLOPs per step, 1.3x the time on a CPU (`make bench`).
+        q_t_selector, _ = apply(jax.lax.stop_gradient(params), batch.next_obs)
         q_t_value, _ = apply(target_params, batch.next_obs)
         td = double_q_td_error(q_tm1, batch.action, reward, self.gamma * batch.discount,
-                               jax.lax.stop_gradient(q_t_value), jax.lax.stop_gradient(q_t_selector))
-        return jnp.mean(huber(td)), {"q_mean": jnp.mean(q_tm1), "features": features_both[: q_tm1.shape[0]]}
+                               jax.lax.stop_gradient(q_t_value), q_t_selector)
+        return jnp.mean(huber(td)), {"q_mean": jnp.mean(q_tm1), "features": features}
 
 
 @dataclasses.dataclass(frozen=True)
