@@ -925,7 +925,8 @@ class CollectConfig:
     #                                 below 1, a weak behaviour policy (the data-quality study)
 
 
-COLLECT_VERSION = 2  # bump when the collection algorithm changes: old caches are ignored (2: the online DQN)
+COLLECT_VERSION = 3  # bump when the collection algorithm or its numerics change: old caches are ignored
+#                     (2: the online DQN; 3: double DQN's own pass for a', new last bits)
 
 
 def dataset_cache_path(env_id: str, noise: float, num_transitions: int, seed: int, history: int,

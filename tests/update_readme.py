@@ -156,8 +156,8 @@ def verdict_counts() -> str:
 
 
 def times_table() -> str:
-    lines = ["| script | preset | wall time | evaluation share | where the time went (seconds) | machine |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| script | preset | wall time | evaluation share | where the time went (seconds) | machine | commit |",
+             "|---|---|---|---|---|---|---|"]
     total, partial = {}, set()
     for preset in PRESETS:
         for script in SCRIPTS:
@@ -176,10 +176,11 @@ def times_table() -> str:
                 wall += f" (resumed {len(resumed)} training{'s' if len(resumed) > 1 else ''} from an earlier run)"
                 partial.add(preset)
             lines.append(f"| `{script}` | `{preset}` | {wall} | {share} | {seconds} | "
-                         f"{meta.get('machine', '')}, {meta['num_devices']} x {meta['device']} |")
+                         f"{meta.get('machine', '')}, {meta['num_devices']} x {meta['device']} | "
+                         f"`{meta.get('git_commit', '')[:7]}` |")
     for preset, seconds in total.items():
         more = " + the earlier runs' time" if preset in partial else ""
-        lines.append(f"| all | `{preset}` | {seconds / 60:.1f} min{more} | | | |")
+        lines.append(f"| all | `{preset}` | {seconds / 60:.1f} min{more} | | | | |")
     return "\n".join(lines)
 
 
