@@ -398,7 +398,7 @@ class DoubleDQN:
         q_tm1, features = apply(params, batch.obs)
         # The online net's choice of a' carries no gradient, so it gets its own pass on stopped
         # parameters. One pass on [s, s'] would run the backward pass over s' too (zero cotangents,
-        # full matmuls): a quarter more FLOPs per step, 1.3x the time on a CPU (`make bench`).
+        # full matmuls): a quarter more FLOPs per step, 1.13-1.35x the time on a 2-core CPU.
         q_t_selector, _ = apply(jax.lax.stop_gradient(params), batch.next_obs)
         q_t_value, _ = apply(target_params, batch.next_obs)
         td = double_q_td_error(q_tm1, batch.action, reward, self.gamma * batch.discount,

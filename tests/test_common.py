@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import common as C
+from bench import compiled_flops
 from synthetic import write_dqn_replay
 
 # ---------------------------------------------------------------------------------------------
@@ -121,12 +122,9 @@ def test_double_dqn_gradient_runs_no_backward_pass_over_next_states():
     batch = _tiny_batch(jax.random.key(5), n=64, obs_dim=128)
     params, target = net.init(jax.random.key(6), batch.obs), net.init(jax.random.key(7), batch.obs)
 
-    def flops(fn, *args):
-        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-        return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-
-    forward = flops(lambda p, o: net.apply(p, o)[0], params, batch.obs)
-    grad = flops(jax.grad(lambda p: C.DoubleDQN(0.99)(net.apply, p, target, batch, {}, None)[0]), params)
+    forward = compiled_flops(jax.jit(lambda p, o: net.apply(p, o)[0]), params, batch.obs)
+    grad = compiled_flops(jax.jit(jax.grad(lambda p: C.DoubleDQN(0.99)(net.apply, p, target, batch, {}, None)[0])),
+                          params)
     assert grad <= 4.5 * forward, grad / forward
 
     # Same gradient as differentiating one online pass on [s, s'] with a' picked under stop_gradient.
