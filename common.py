@@ -1299,7 +1299,9 @@ Optimizer = Literal["adam", "rmsprop"]
 def make_optimizer(name: str, learning_rate: float | Array = 0.0) -> optax.GradientTransformation:
     """Adam (the paper's optimizer) or RMSProp with Dopamine's DQN settings (as in tandem DQN). The
     learning rate is injected as optimizer state, so it is a traced value: 12 learning rates are
-    one compiled program. The rate given here is what ``init`` stores; ``update`` reads it back."""
+    one compiled program. The rate given here is what ``init`` stores; ``update`` reads it back.
+    Adam runs per parameter leaf: one flat vector for its moments (``optax.flatten``) measured 1.08x
+    for one member and 0.98x for the 60-member sweep on 2 CPU cores, side by side, so it was not kept."""
     if name == "adam":
         return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
     if name == "rmsprop":
