@@ -1,11 +1,14 @@
 """Every claim of exp_lr_sweep.py on synthetic tables built to hold, to fail, and to come out
 inconclusive or not testable."""
 
+import dataclasses
+import types
+
 import numpy as np
 import pytest
 
 import exp_lr_sweep as L
-from synthetic import LRS, noise, sweep
+from synthetic import LRS, metrics, noise, rows_for, sweep
 
 CFG = L.PRESETS["cpu"]
 X = (np.log10(LRS) - np.log10(LRS).mean()) / np.log10(LRS).std()  # standardised log learning rate
@@ -241,6 +244,20 @@ def test_rank_return(ret, expected):
 
 # ---- minibatch size ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("sweep_batch, other_batch", [(32, 256), (256, 32)])  # the cpu preset's, the paper's
+def test_the_sweep_is_the_batch_size_with_every_rate(sweep_batch, other_batch):
+    """The analyses read the sweep at its own minibatch size, the one run at every learning rate,
+    whether the minibatch study's size is larger (bsuite) or smaller (the paper's Atari)."""
+    rows = []
+    for batch, lrs in ((sweep_batch, LRS), (other_batch, LRS[::3])):
+        for lr in lrs:
+            rows += rows_for({"study": "lr_sweep", "env": "bsuite/catch", "agent": "dqn", "seed": 0, "lr": lr,
+                              "batch_size": batch}, {"srank": const(1.0)})
+    table = metrics(rows)
+    assert L.sweep_of(table, "bsuite/catch")["batch_size"] == sweep_batch
+    assert L.rates(table, L.sweep_of(table, "bsuite/catch")) == LRS
+
+
 @pytest.mark.parametrize("slopes, expected", [
     ([(1, -1)] * 5, "held"),  # the correlation reverses at the large batch: it depends on the batch size
     ([(1, 1)] * 5, "not held"),  # the same correlation at both batch sizes
@@ -254,3 +271,24 @@ def test_batch_size(slopes, expected):
 
     table = sweep(fn, batch_sizes=(32, 256))
     assert verdicts(run_claim(L.claim_batch_size, table)) == [expected]
+
+
+def test_the_minibatch_study_trains_every_few_rates_for_its_own_length(monkeypatch, tmp_path):
+    """run() states the protocol: the sweep at batch_size for num_steps on every rate, the minibatch
+    study at large_batch_size for large_batch_steps on every large_batch_stride-th rate (the
+    trainer is replaced by a recorder, so nothing is compiled)."""
+    calls = []
+
+    def record(net, ds, loss, members, train, **kwargs):
+        calls.append((kwargs["columns"]["agent"], train.batch_size, train.num_steps,
+                      sorted({m.learning_rate for m in members})))
+        return types.SimpleNamespace(rows=[])
+
+    monkeypatch.setattr(L.C, "replay_data", lambda *a, **k: types.SimpleNamespace(num_actions=3))
+    monkeypatch.setattr(L.C, "train_offline", record)
+    monkeypatch.setattr(L.C, "write_metrics", lambda out, rows: None)
+    cfg = L.PRESETS["cpu"]
+    L.run(dataclasses.replace(cfg, env=("bsuite/catch",)), tmp_path, L.C.Timings())
+    rates = L.learning_rates(cfg)
+    assert calls == [("dqn", 32, 100_000, rates), ("bc", 32, 100_000, rates),
+                     ("dqn", 256, 20_000, sorted(rates[::3]))]
