@@ -71,7 +71,7 @@ class Config:
     """The minibatch study trains every large_batch_stride-th learning rate of the sweep at large_batch_size."""
     large_batch_steps: int = 20_000
     """Gradient steps of the minibatch study's runs. The paper ran DQN-32 for 100M steps and DQN-256 for
-    20M: the run at the larger minibatch is five times shorter (Appendix A.12, Fig. 33)."""
+    20M: the run at the larger minibatch is five times shorter (Section 3, Fig. 33)."""
     studies: tuple[SubStudy, ...] = ("dqn", "bc", "batch_size")
     """What to run: the DQN sweep, the BC sweep over the same rates and data, the minibatch study."""
     gamma: float = 0.99
