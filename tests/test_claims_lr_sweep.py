@@ -290,5 +290,6 @@ def test_the_minibatch_study_trains_every_few_rates_for_its_own_length(monkeypat
     cfg = L.PRESETS["cpu"]
     L.run(dataclasses.replace(cfg, env=("bsuite/catch",)), tmp_path, L.C.Timings())
     rates = L.learning_rates(cfg)
-    assert calls == [("dqn", 32, 100_000, rates), ("bc", 32, 100_000, rates),
-                     ("dqn", 256, 20_000, sorted(rates[::3]))]
+    assert cfg.large_batch_steps != cfg.num_steps  # else the check below could not tell the lengths apart
+    assert calls == [("dqn", cfg.batch_size, cfg.num_steps, rates), ("bc", cfg.batch_size, cfg.num_steps, rates),
+                     ("dqn", cfg.large_batch_size, cfg.large_batch_steps, sorted(rates[::cfg.large_batch_stride]))]
