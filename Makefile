@@ -32,7 +32,7 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
 	touch $(STAMP)
 
-# Two workers: the 2-core CI machine runs two test files at once.
+# Two workers: the 2-core CI machine runs two tests at once.
 test: setup
 	$(PY) -m pytest -q -n 2 tests
 

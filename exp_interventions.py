@@ -6,7 +6,7 @@ Tables 1 and 3; figures 1 (srank against return, a narrow setting against the wh
 sweep), 27 (with and without SAM, a controlled pair), and the memory-task stand-ins for DeepMind
 Lab: 26 (srank against return of the LSTM agent with CURL and with SAM), 28 (SAM) and 30 (CURL).
 
-    make exp_interventions                      # cpu preset: MinAtar space_invaders and breakout
+    make exp_interventions                      # cpu preset: MinAtar space_invaders and breakout; bsuite memory_len
     python exp_interventions.py --preset paper --data-dir /data/dqn_replay   # Atari Asterix, Gravitar
     python exp_interventions.py --plot-only     # redraw figures and tables from metrics.csv
     python exp_interventions.py --help          # every setting, with the chosen preset's value
@@ -163,7 +163,8 @@ PRESETS = {
     # MinAtar, datasets of 50k transitions made locally. space_invaders (dense rewards) stands in
     # for Asterix, breakout (sparser) for Gravitar: on MinAtar asterix the collecting DQN does not
     # learn within 50k transitions (its data score 0.56 per episode, a random policy 0.53), which
-    # would leave no returns to compare. Measured on 2 CPU cores with 16 members vmapped: 570
+    # would leave no returns to compare. Measured at ad50d1b, before ffc00f4 made the update 1.13-1.3x
+    # faster, on 2 CPU cores with 16 members vmapped: 570
     # member-steps/s plain, 450 with CURL, 370 with SAM, 270 with both; 2 games x 16 configurations
     # x 1e4 steps, the CURL sweep (4 weights x 2 seeds per game), the SAM pair and the memory-task study
     # take about 25 min (1527 s at ed84643; the README's run-times table has the current figure). Scaled down from
@@ -176,7 +177,7 @@ PRESETS = {
                   curl_sweep_env=("minatar/space_invaders", "minatar/breakout"), curl_sweep_seeds=2,
                   dataset_noise=0.1, dataset_size=50_000),
     # 1e5 gradient steps (10x cpu) and 2 seeds of the whole design, MinAtar datasets of 1e6
-    # transitions: for a GPU (the 32 design runs alone are ~3 h on a 2-core CPU). The memory-task
+    # transitions: for a GPU (the 64 design runs, 32 per seed, are hours on a 2-core CPU). The memory-task
     # study alone (--studies memory, bsuite) took 75 min on 2 CPU cores: `make exp_interventions-long`.
     "long": Config(env=("minatar/space_invaders", "minatar/breakout"), seeds=2, num_steps=100_000, chunk_steps=5_000,
                    eval_every=10_000, eval_episodes=10, batch_size=32, learning_rate=3e-4,

@@ -5,7 +5,7 @@ Figures: 17 (tandem double DQN with Adam and RMSProp: return, srank, dead units 
 of the active and the passive agent), 18 (forked tandem: srank and return of the passive copy after
 the fork, trained with double Q-learning, behaviour value estimation or Monte-Carlo returns).
 
-    make exp_tandem                          # cpu preset: bsuite catch and cartpole, 2 seeds
+    make exp_tandem                          # cpu preset: bsuite catch and cartpole, 5 seeds
     python exp_tandem.py --preset paper      # Atari with ALE and the Nature torso (GPU, days)
     python exp_tandem.py --plot-only         # redraw the figures from results/exp_tandem/
     python exp_tandem.py --help              # every setting, with the chosen preset's value

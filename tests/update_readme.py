@@ -7,8 +7,9 @@
 reference/<script>/<preset>/ holds a run's metrics.csv.gz, meta.json, claims.json (and the
 activation study's hessian.npz and gram.npz); reference/bench/ the benchmark JSON. Every table
 and number between the README's <!-- name:start --> and <!-- name:end --> markers is written here:
-the figure table (each figure's own title), the claims table (cpu and long side by side), the
-run times, and the benchmarks. Nothing there is typed by hand.
+the figure table (each figure's own title), the verdict counts, the claims table (cpu and long
+side by side), the run times, the presets and constants tables, and the benchmarks (the CPU JSON
+and, where one is committed, the paper-scale GPU JSON). Nothing there is typed by hand.
 """
 
 from __future__ import annotations
