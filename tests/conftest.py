@@ -1,7 +1,11 @@
 import atexit
 import os
 import shutil
+import subprocess
 import tempfile
+from pathlib import Path
+
+import pytest
 
 # Tests run on the CPU in a fixed, small configuration whatever the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -24,3 +28,31 @@ import jax  # noqa: E402
 # Not in the test process itself: its tests read compiled programs' HLO and FLOP counts, which an
 # executable loaded from the cache may not carry.
 jax.config.update("jax_enable_compilation_cache", False)
+
+
+# A test writes only under its own temporary directories (or ignored ones such as data/): files it
+# leaves in the repository would otherwise be committed with the next `git add -A`. The controller
+# process compares git's untracked files before and after the session and fails it on new ones.
+REPO = Path(__file__).resolve().parents[1]
+UNTRACKED = pytest.StashKey[set]()
+
+
+def untracked_files() -> set[str]:
+    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    return {line[3:] for line in proc.stdout.splitlines() if line.startswith("??")} if proc.returncode == 0 else set()
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # not in an xdist worker
+        session.config.stash[UNTRACKED] = untracked_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(UNTRACKED, None)
+    if before is None:
+        return
+    left = sorted(untracked_files() - before)
+    if left:
+        print(f"\nthe tests left {len(left)} new file(s) in the repository, e.g. {left[:3]}")
+        session.exitstatus = 1

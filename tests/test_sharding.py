@@ -45,7 +45,7 @@ print(json.dumps({"devices": jax.device_count(), "padded": padded, "rows": resul
 def run(devices: int, members: int = 4, group_above: int = 1 << 20, checkpoints: Path | None = None) -> dict:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
     program = (f"import jax; jax.config.update('jax_num_cpu_devices', {devices}); NUM_MEMBERS = {members}; "
-               f"GROUP_ABOVE_BYTES = {group_above}; CHECKPOINTS = {str(checkpoints) if checkpoints else ''!r}\n"
+               f"GROUP_ABOVE_BYTES = {group_above}; CHECKPOINTS = {str(checkpoints) if checkpoints else None!r}\n"
                + PROGRAM)
     proc = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
