@@ -167,7 +167,7 @@ PRESETS = {
     # faster, on 2 CPU cores with 16 members vmapped: 570
     # member-steps/s plain, 450 with CURL, 370 with SAM, 270 with both; 2 games x 16 configurations
     # x 1e4 steps, the CURL sweep (4 weights x 2 seeds per game), the SAM pair and the memory-task study
-    # take about 25 min (1527 s at ed84643; the README's run-times table has the current figure). Scaled down from
+    # take about 23 min (1366 s at 1af80f9; the README's run-times table has the current figure). Scaled down from
     # the paper: the target periods 2500 -> 200 become 1000 -> 100 (a 1e4-step run would see 4
     # target updates at 2500); the learning rates are the bsuite default and 10x it.
     "cpu": Config(env=("minatar/space_invaders", "minatar/breakout"), seeds=1, num_steps=10_000, chunk_steps=500,

@@ -8,8 +8,9 @@ run, with FLOPs per step from XLA's cost analysis and the fraction of a matmul p
 Rows: the 2x64 MLP double DQN at batch 32 (the paper's bsuite setting) in the trainer's compiled
 chunks, against the usual pattern (a Python loop calling one jitted step with a host-sampled
 batch); the MinAtar CNN at batch 32 (im2col convolution) against a plain ``flax.linen.Conv``
-network; the Nature CNN at batch 256; a 12-learning-rate sweep as one vmapped program against
-12 separate runs; evaluation episodes per second; and bytes per stored transition.
+network, and 48 MinAtar members on two devices in one call against the trainer's small groups;
+the Nature CNN at batch 256; a 12-learning-rate sweep as one vmapped program against 12 separate
+runs; evaluation episodes per second; and bytes per stored transition.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Args:
     quick: bool = False
     """Time fewer steps (for a smoke check of the benchmark itself)."""
     devices: int = 0
-    """(internal) time only the 60-member program on this many CPU devices, print its JSON, exit."""
+    """(internal) time only the 60-member program (and on more than one device the 48 MinAtar members)
+    on this many CPU devices, print its JSON, exit."""
     paper: bool = False
     """Time only the paper presets' training programs (Atari Nature CNN at batch 256, the interventions
     study's CURL and SAM programs, the bsuite LR sweep) on synthetic data, into bench_paper.json;
@@ -97,9 +99,12 @@ def compiled_flops(fn, *args) -> float:
 
 
 def time_chunks(net, ds, cfg: C.TrainConfig, members, repeats: int, loss=C.DoubleDQN(0.99),
-                gradient=C.plain_gradient, sharding=None) -> tuple[float, float]:
+                gradient=C.plain_gradient, sharding=None, call: int = 0) -> tuple[float, float]:
     """(seconds per chunk, FLOPs per chunk) of the trainer's compiled chunk for these members
-    (placed on ``sharding``, if given, as the trainer places them)."""
+    (placed on ``sharding``, if given, as the trainer places them), in one call or, with ``call``,
+    in calls of that many consecutive members one after the other, each group placed by
+    ``C.member_sharding`` (the trainer's groups, ``C.call_size``)."""
+    call = call or len(members)
     state = C.init_learners(net, ds.stacked_obs(ds.valid[:1]), C.seed_keys(m.seed for m in members),
                             [m.learning_rate for m in members], cfg.optimizer, loss)
     order = ds.valid
@@ -109,15 +114,22 @@ def time_chunks(net, ds, cfg: C.TrainConfig, members, repeats: int, loss=C.Doubl
     # compiled before placement: the whole program's FLOPs, not one device's share.
     one_step = C.make_chunk_fn(net, loss, gradient, cfg.optimizer, cfg.batch_size, 1)
     flops = compiled_flops(one_step, state, ds, order, settings) * cfg.chunk_steps
+    groups = [jax.tree_util.tree_map(lambda x: x[a:a + call], (state, settings)) for a in range(0, len(members), call)]
     if sharding is not None:
         replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-        state, settings = C.place((state, settings), sharding)
+        groups = [C.place(g, sharding if call == len(members) else C.member_sharding(call)) for g in groups]
         ds, order = C.place((ds, order), replicated)
-    state, loss, _ = fn(state, ds, order, settings)  # compile and warm up
-    loss.block_until_ready()
+
+    def chunk():
+        for i, (state, settings) in enumerate(groups):
+            state, loss, _ = fn(state, ds, order, settings)
+            groups[i] = (state, settings)
+        return loss
+
+    chunk().block_until_ready()  # compile and warm up
     start = time.perf_counter()
     for _ in range(repeats):
-        state, loss, _ = fn(state, ds, order, settings)
+        loss = chunk()
     loss.block_until_ready()
     return (time.perf_counter() - start) / repeats, flops
 
@@ -204,6 +216,23 @@ def sweep_60(scale: float) -> tuple[float, float]:
     return len(members) * cfg.chunk_steps / seconds, flops / (len(members) * cfg.chunk_steps)
 
 
+def minatar_groups(scale: float) -> dict:
+    """48 MinAtar members (the dataset-size study's 25 per game, rounded to whole groups) on this
+    process's devices: member-steps/s in one call against the trainer's calls of ``C.call_size``."""
+    minatar = synthetic_dataset((10, 10, 4), np.uint8, 50_000, 6)
+    net = C.MinAtarCNN(6)
+    cfg = dataclasses.replace(BSUITE, chunk_steps=int(500 * scale), num_steps=int(500 * scale))
+    members = [C.Member(s, 3e-4) for s in range(48)]
+    one = C.init_learners(net, minatar.obs[:1], C.seed_keys([0]), [3e-4], cfg.optimizer, C.DoubleDQN(0.99))
+    call = C.call_size(len(members), sum(x.nbytes for x in jax.tree_util.tree_leaves(one)))
+    sharding = C.member_sharding(len(members))
+    whole, flops = time_chunks(net, minatar, cfg, members, repeats=2, sharding=sharding)
+    grouped, _ = time_chunks(net, minatar, cfg, members, repeats=2, sharding=sharding, call=call)
+    rate = lambda seconds: len(members) * cfg.chunk_steps / seconds
+    return {"one_call": rate(whole), "grouped": rate(grouped), "call": call,
+            "flops_per_step": flops / (len(members) * cfg.chunk_steps)}
+
+
 def sweep_60_on(devices: int, scale: float) -> dict:
     """sweep_60 in a fresh process with ``devices`` CPU devices (the count is fixed at start-up)."""
     import subprocess
@@ -219,7 +248,8 @@ def main(args: Args) -> None:
     if args.devices:
         jax.config.update("jax_num_cpu_devices", args.devices)
         rate, flops = sweep_60(scale)
-        print(json.dumps({"devices": jax.device_count(), "member_steps_per_s": rate, "flops_per_step": flops}))
+        print(json.dumps({"devices": jax.device_count(), "member_steps_per_s": rate, "flops_per_step": flops,
+                          "minatar": minatar_groups(scale) if args.devices > 1 else None}))
         return
     peak = matmul_peak_flops(1024 if jax.devices()[0].platform == "cpu" else 8192)
     print(f"device: {jax.devices()[0]} ({jax.device_count()} device(s)); float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
@@ -255,6 +285,14 @@ def main(args: Args) -> None:
                         r["flops_per_step"], peak, members=60,
                         **({"speedup_vs_1_device": round(r["member_steps_per_s"] /
                                                          on_devices[1]["member_steps_per_s"], 2)} if d > 1 else {})))
+
+    # --- 48 MinAtar members on two CPU devices: one call against calls of C.call_size ------------
+    groups = on_devices[2]["minatar"]
+    rows.append(row("minatar_48_members_2_devices_one_call", groups["one_call"], groups["flops_per_step"], peak,
+                    members=48))
+    rows.append(row("minatar_48_members_2_devices_grouped", groups["grouped"], groups["flops_per_step"], peak,
+                    members=48, members_per_call=groups["call"],
+                    speedup_vs_one_call=round(groups["grouped"] / groups["one_call"], 2)))
 
     # --- the probe: srank's SVD per member one at a time (the deadlock fix) against batched --------
     members = [C.Member(s, float(lr)) for s in range(2) for lr in np.geomspace(1e-5, 1e-1, 12)]
