@@ -1835,7 +1835,14 @@ def configure_cpu_devices(count: int = 0) -> None:
     machine mostly idle; two devices, with the members split over them, train ~2x the
     member-steps/s (``make bench``: 2.0x for the 60-member sweep). Results are bit-for-bit
     reproducible for a given device count; another count changes the last bits (each device runs
-    its own compiled program)."""
+    its own compiled program).
+
+    XLA's CPU flags were tried on the trainer's programs and none is set: with
+    ``--xla_cpu_multi_thread_eigen=false``, ``--xla_cpu_use_xnnpack=true`` with XNNPACK dot fusion
+    or its greedy graph fusion, or the concurrency-optimised scheduler, one bsuite member and four
+    MinAtar members on two devices compiled to the same programs (bit-identical states) at the same
+    speed within noise; YNNPACK's dot fusion (``--xla_cpu_experimental_ynn_fusion_type=dot``) changed
+    the bits and trained the MinAtar members at 0.92x (jaxlib 0.10.2, a 2-core AMD EPYC)."""
     jax.config.update("jax_num_cpu_devices", count or len(os.sched_getaffinity(0)))
 
 
@@ -2502,11 +2509,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+def machine_description() -> str:
+    """The machine a run or a benchmark ran on: architecture, CPU model and core count, e.g.
+    "x86_64, AMD EPYC, 2 cores". Run times are comparable only on one CPU model: the same 2-core
+    study took 1.2-1.4x as long on an AMD EPYC (176 GFLOP/s float32 matmul peak) as on the Intel
+    machine that made most of reference/ (210)."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return ", ".join(part for part in (platform.machine(), model or platform.processor(), f"{os.cpu_count()} cores")
+                     if part)
+
+
 def write_meta(out: Path, preset: str, config: Any, wall_seconds: float, extra: dict | None = None) -> None:
     meta = {
         "preset": preset, "config": jsonable(config), "argv": sys.argv, "git_commit": git_commit(),
         "wall_seconds": round(wall_seconds, 1), "device": str(jax.devices()[0]), "num_devices": jax.device_count(),
-        "platform": platform.platform(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "platform": platform.platform(), "machine": machine_description(),
         "python": platform.python_version(), "versions": package_versions(), **(extra or {}),
     }
     (Path(out) / "meta.json").write_text(json.dumps(meta, indent=2))

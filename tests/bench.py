@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -362,8 +361,7 @@ def main(args: Args) -> None:
 
 def write_and_print(out: Path, name: str, peak: float, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    (out / name).write_text(json.dumps({"device": str(jax.devices()[0]), "machine": machine,
+    (out / name).write_text(json.dumps({"device": str(jax.devices()[0]), "machine": C.machine_description(),
                                         "matmul_peak_flops": peak, "rows": rows}, indent=2))
     print(f"\n{'name':34s} {'steps/s':>10s} {'MFLOP/step':>11s} {'roofline':>9s}  notes")
     for r in rows:
