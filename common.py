@@ -210,8 +210,8 @@ class PatchConv(nn.Module):
 
     Same parameters (kernel (kh, kw, C, F), bias (F,)) and same result as ``nn.Conv(F, (kh, kw),
     padding="VALID")``; on a CPU, for MinAtar's 10x10 inputs, one (batch*64, 9C) x (9C, F) matmul
-    is ~2.7x faster than XLA's generic convolution (``make bench``), which is what makes the MinAtar
-    presets fit on a laptop."""
+    is 1.5-2.7x faster than XLA's generic convolution (``make bench``: 2.74x on an Intel 2-core
+    machine, 1.47x on an AMD EPYC), which is what makes the MinAtar presets fit on a laptop."""
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
@@ -538,8 +538,8 @@ class _BatchedBsuite(VectorEnv):
     in the same float64 arithmetic, and one ``np.random.RandomState(seed)`` per env drawn from at
     each of its resets in bsuite's order, so every env's stream of observations, rewards and
     terminations is bsuite's, bit for bit (tests/test_common.py steps both side by side). A Python
-    loop over bsuite's objects costs ~9 us per env step; this steps 600 envs ~40x faster per env step
-    (``make bench``)."""
+    loop over bsuite's objects costs ~9-11 us per env step; this steps 600 envs ~20-40x faster per env
+    step (``make bench``: 39.4x on an Intel 2-core machine; 23.6x and 28.6x in two runs on an AMD EPYC)."""
 
     obs_dtype = np.float32
 
@@ -1833,7 +1833,8 @@ def configure_cpu_devices(count: int = 0) -> None:
     """Splits the CPU into ``count`` JAX devices (0: one per core), before JAX starts its backend.
     XLA runs a device's small kernels on one core, so one device leaves the second core of a 2-core
     machine mostly idle; two devices, with the members split over them, train ~2x the
-    member-steps/s (``make bench``: 2.0x for the 60-member sweep). Results are bit-for-bit
+    member-steps/s (``make bench``, the 60-member sweep: 2.0x on an Intel 2-core machine; 2.02x and
+    1.74x in two runs on an AMD EPYC). Results are bit-for-bit
     reproducible for a given device count; another count changes the last bits (each device runs
     its own compiled program).
 
@@ -2512,8 +2513,8 @@ def git_commit() -> str:
 def machine_description() -> str:
     """The machine a run or a benchmark ran on: architecture, CPU model and core count, e.g.
     "x86_64, AMD EPYC, 2 cores". Run times are comparable only on one CPU model: the same 2-core
-    study took 1.2-1.4x as long on an AMD EPYC (176 GFLOP/s float32 matmul peak) as on the Intel
-    machine that made most of reference/ (210)."""
+    study took 1.0-1.4x as long on an AMD EPYC (176-180 GFLOP/s float32 matmul peak) as on the
+    Intel machine that made most of reference/ (210; reference/replicates/ holds the EPYC's runs)."""
     model = ""
     try:
         model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
