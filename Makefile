@@ -25,7 +25,7 @@ SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustnes
 LONG    := exp_lr_sweep exp_activation exp_tandem exp_interventions
 LONG_ARGS_exp_interventions := --studies memory
 
-.PHONY: setup test unit smoke figures long readme bench clean $(SCRIPTS) $(LONG:%=%-long)
+.PHONY: setup test unit smoke figures replicate long readme bench clean $(SCRIPTS) $(LONG:%=%-long)
 
 setup: $(STAMP)
 
@@ -57,10 +57,20 @@ exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_inter
 	$(README) promote --preset cpu --script $@
 	$(README)
 
+RUN_CPU = for s in $(SCRIPTS); do $(PY) $$s.py --preset cpu --out results/$$s || exit 1; done
+
 figures: setup
-	for s in $(SCRIPTS); do $(PY) $$s.py --preset cpu --out results/$$s || exit 1; done
+	$(RUN_CPU)
 	$(README) promote --preset cpu
 	$(README)
+
+# The same runs on another machine, kept beside the reference instead of replacing it: the README's
+# "Verdicts on another machine" shows which verdicts they repeated. make replicate NAME=<machine>
+replicate: setup
+	@test -n "$(NAME)" || { echo "usage: make replicate NAME=<machine> (a name for this machine)" >&2; exit 2; }
+	$(RUN_CPU)
+	$(README) promote --preset cpu --replicate $(NAME)
+	$(README) --no-figures
 
 $(LONG:%=%-long): setup
 	$(PY) $(@:-long=).py --preset long $(LONG_ARGS_$(@:-long=)) --out results/long/$(@:-long=)

@@ -9,6 +9,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def reference_runs() -> list[tuple[str, Path]]:
+    """(script, run directory) of every committed run: reference/<script>/<preset>/ and the
+    replicates' reference/replicates/<name>/<script>/."""
+    reference = REPO / "reference"
+    return [(meta.parent.parent.name, meta.parent) for meta in sorted(reference.glob("exp_*/*/meta.json"))] \
+        + [(meta.parent.name, meta.parent) for meta in sorted(reference.glob("replicates/*/exp_*/meta.json"))]
+
+
 def test_readme_is_what_reference_generates():
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "update_readme.py"), "--check", "--no-figures"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -16,10 +24,9 @@ def test_readme_is_what_reference_generates():
 
 
 def test_every_reference_run_has_its_files():
-    runs = sorted((REPO / "reference").glob("exp_*/*/meta.json"))
+    runs = reference_runs()
     assert runs, "reference/ holds no runs"
-    for meta in runs:
-        run = meta.parent
+    for _, run in runs:
         assert (run / "metrics.csv.gz").exists() and (run / "claims.json").exists(), run
 
 
@@ -46,7 +53,8 @@ def differences(computed, committed, where: str = "") -> list[str]:
     if isinstance(computed, float) and isinstance(committed, (int, float)) and not isinstance(committed, bool):
         return [] if math.isclose(computed, committed, rel_tol=CLAIM_FLOAT_RTOL, abs_tol=1e-12) else \
             [f"{where}: {computed!r} != {committed!r}"]
-    return [] if computed == committed and type(computed) is type(committed) else [f"{where}: {computed!r} != {committed!r}"]
+    same = computed == committed and type(computed) is type(committed)
+    return [] if same else [f"{where}: {computed!r} != {committed!r}"]
 
 
 def test_claim_differences_ignore_only_the_last_float_bits():
@@ -67,10 +75,48 @@ def test_committed_claims_are_what_the_code_computes():
 
     import common as C
 
-    for meta in sorted((REPO / "reference").glob("exp_*/*/meta.json")):
-        run, study = meta.parent, importlib.import_module(meta.parent.parent.name).STUDY
-        config = C.config_from_json(type(study.presets["cpu"]), json.loads(meta.read_text())["config"])
+    for script, run in reference_runs():
+        study = importlib.import_module(script).STUDY
+        config = C.config_from_json(type(study.presets["cpu"]), json.loads((run / "meta.json").read_text())["config"])
         computed = json.loads(json.dumps([C.jsonable(c) for c in study.claims(C.Metrics(C.metrics_path(run)), config)]))
         found = differences(computed, json.loads((run / "claims.json").read_text()), run.name)
-        assert not found, f"{run}: {found[:3]}; run `python {run.parent.name}.py --plot-only --out " \
+        assert not found, f"{run}: {found[:3]}; run `python {script}.py --plot-only --out " \
             f"{run.relative_to(REPO)}` and commit"
+
+
+def fake_run(directory: Path, verdicts: dict[str, str], machine: str) -> Path:
+    """A committed run's meta.json and claims.json: one claim, one verdict per environment."""
+    import json
+
+    directory.mkdir(parents=True)
+    (directory / "meta.json").write_text(json.dumps({"preset": "cpu", "wall_seconds": 60.0, "machine": machine,
+                                                     "git_commit": "0123456789", "num_devices": 2, "device": "cpu:0"}))
+    evidence = [{"env": env, "verdict": v, "value": 1.0, "low": 0.5, "high": 1.5, "p": 0.03, "n": 5, "note": ""}
+                for env, v in verdicts.items()]
+    overall = "held" if all(v == "held" for v in verdicts.values()) else "inconclusive"
+    (directory / "claims.json").write_text(json.dumps([{"id": "x.claim", "paper": "p", "statistic": "s", "rule": "r",
+                                                        "verdict": overall, "summary": "s", "evidence": evidence}]))
+    return directory
+
+
+def test_a_replicate_is_compared_verdict_by_verdict(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "tests"))
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem",))
+    both = {"bsuite/catch": "held", "bsuite/cartpole": "held"}
+    fake_run(tmp_path / "exp_tandem" / "cpu", both, "machine A")
+    fake_run(tmp_path / "replicates" / "same" / "exp_tandem", both, "machine B")
+    assert U.replicate_disagreements() == {}
+    assert "repeated 1 of 1 overall verdicts and 2 of 2 per-environment verdicts" in U.replicates_table()
+    fake_run(tmp_path / "replicates" / "other" / "exp_tandem", {**both, "bsuite/cartpole": "inconclusive"}, "C")
+    assert list(U.replicate_disagreements()) == [("cpu", "x.claim", "bsuite/cartpole")]
+    table = U.replicates_table()
+    assert "repeated 0 of 1 overall verdicts and 1 of 2 per-environment verdicts" in table
+    cartpole = "1 [0.5, 1.5], p = 0.03 ({}), n = 5"
+    assert f"| `x.claim` | cartpole | {cartpole.format('held')} | {cartpole.format('inconclusive')} |" in table
+    claims = U.claims_table()
+    assert f"cartpole: 1 [0.5, 1.5], p = 0.03 (held) {U.REPEATED_NOT}" in claims
+    assert f"catch: 1 [0.5, 1.5], p = 0.03 (held) {U.REPEATED_NOT}" not in claims

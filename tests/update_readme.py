@@ -4,12 +4,18 @@
     python tests/update_readme.py                        # redraw figures/ from reference/, rewrite the README
     python tests/update_readme.py --check --no-figures   # exit 1 if the README's text would change (a test)
 
+    python tests/update_readme.py promote --preset cpu --replicate NAME
+                                                         # ...into reference/replicates/NAME/<script>/ instead
+
 reference/<script>/<preset>/ holds a run's metrics.csv.gz, meta.json, claims.json (and the
-activation study's hessian.npz and gram.npz); reference/bench/ the benchmark JSON. Every table
-and number between the README's <!-- name:start --> and <!-- name:end --> markers is written here:
-the figure table (each figure's own title), the verdict counts, the claims table (cpu and long
-side by side), the run times, the presets and constants tables, and the benchmarks (the CPU JSON
-and, where one is committed, the paper-scale GPU JSON). Nothing there is typed by hand.
+activation study's hessian.npz and gram.npz); reference/replicates/<name>/<script>/ the same runs
+made again on another machine (kept beside the reference, not replacing it); reference/bench/ the
+benchmark JSON. Every table and number between the README's <!-- name:start --> and
+<!-- name:end --> markers is written here: the figure table (each figure's own title), the verdict
+counts, the claims table (cpu and long side by side, a verdict that a replicate did not repeat
+marked), the replicates' verdicts beside the reference's, the run times, the presets and constants
+tables, and the benchmarks (the CPU JSON and, where one is committed, the paper-scale GPU JSON).
+Nothing there is typed by hand.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "reference"
+REPLICATES = REFERENCE / "replicates"
 SCRIPTS = ("exp_lr_sweep", "exp_dataset_size", "exp_activation", "exp_tandem", "exp_robustness", "exp_interventions")
 PRESETS = ("cpu", "long")
 RUN_FILES = ("meta.json", "claims.json", "hessian.npz", "gram.npz")
@@ -34,7 +41,9 @@ VERDICT = {"held": "**held**", "not held": "**not held**", "inconclusive": "inco
 # ---- promote: a finished run becomes the reference ------------------------------------------------
 
 
-def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS) -> None:
+def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS, replicate: str | None = None) -> None:
+    """Copies each finished run of ``results`` into reference/<script>/<preset>/, or with
+    ``replicate`` into reference/replicates/<replicate>/<script>/ (the same runs on another machine)."""
     for script in scripts:
         run = results / script
         if not (run / "meta.json").exists():
@@ -42,7 +51,7 @@ def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS) -> N
         meta = json.loads((run / "meta.json").read_text())
         if meta["preset"] != preset:
             sys.exit(f"{run} was made with --preset {meta['preset']}, not {preset}")
-        target = REFERENCE / script / preset
+        target = REPLICATES / replicate / script if replicate else REFERENCE / script / preset
         target.mkdir(parents=True, exist_ok=True)
         with open(run / "metrics.csv", "rb") as f:
             (target / "metrics.csv.gz").write_bytes(gzip.compress(f.read(), mtime=0))
@@ -57,6 +66,38 @@ def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS) -> N
 
 def runs() -> dict[tuple[str, str], Path]:
     return {(s, p): REFERENCE / s / p for s in SCRIPTS for p in PRESETS if (REFERENCE / s / p / "meta.json").exists()}
+
+
+def replicate_runs() -> dict[str, dict[str, Path]]:
+    """name -> {script: run} of reference/replicates/."""
+    found: dict[str, dict[str, Path]] = {}
+    for meta in sorted(REPLICATES.glob("*/exp_*/meta.json")):
+        found.setdefault(meta.parent.parent.name, {})[meta.parent.name] = meta.parent
+    return found
+
+
+def claims_of(run: Path) -> dict[str, dict]:
+    return {c["id"]: c for c in json.loads((run / "claims.json").read_text())}
+
+
+def replicate_disagreements() -> dict[tuple[str, str, str], list[tuple[str, dict, dict]]]:
+    """(preset, claim id, env) -> [(replicate, the reference's evidence, the replicate's)] where a
+    replicate's per-environment verdict differs from the reference run's of the same preset."""
+    found: dict[tuple[str, str, str], list[tuple[str, dict, dict]]] = {}
+    for name, scripts in replicate_runs().items():
+        for script, run in scripts.items():
+            preset = json.loads((run / "meta.json").read_text())["preset"]
+            if (script, preset) not in runs():
+                continue
+            reference = claims_of(runs()[script, preset])
+            for cid, claim in claims_of(run).items():
+                if cid not in reference:
+                    continue
+                ours = {e["env"]: e for e in reference[cid]["evidence"]}
+                for e in claim["evidence"]:
+                    if e["env"] in ours and e["verdict"] != ours[e["env"]]["verdict"]:
+                        found.setdefault((preset, cid, e["env"]), []).append((name, ours[e["env"]], e))
+    return found
 
 
 def redraw(figures: Path) -> None:
@@ -92,18 +133,22 @@ def figure_table(figures: Path) -> str:
     return "\n".join(lines)
 
 
-def evidence_text(claim: dict) -> str:
-    parts = []
-    for e in claim["evidence"]:
-        env = e["env"].split("/")[-1]
-        if e["verdict"] == "not testable here":
-            parts.append(f"{env}: not testable ({e['note']})")
-            continue
-        value = f"{e['value']:.3g}" if e["value"] is not None else "nan"
-        interval = f" [{e['low']:.3g}, {e['high']:.3g}]" if e["low"] is not None else ""
-        p = f", p = {e['p']:.2g}" if e["p"] is not None else ""
-        parts.append(f"{env}: {value}{interval}{p} ({e['verdict']})")
-    return "<br>".join(parts)
+def evidence_line(e: dict) -> str:
+    """One environment's statistic, interval, p and verdict."""
+    if e["verdict"] == "not testable here":
+        return f"not testable ({e['note']})"
+    value = f"{e['value']:.3g}" if e["value"] is not None else "nan"
+    interval = f" [{e['low']:.3g}, {e['high']:.3g}]" if e["low"] is not None else ""
+    p = f", p = {e['p']:.2g}" if e["p"] is not None else ""
+    return f"{value}{interval}{p} ({e['verdict']})"
+
+
+REPEATED_NOT = "†"  # marks a verdict that a replicate on another machine did not repeat
+
+
+def evidence_text(claim: dict, not_repeated: set[str] = frozenset()) -> str:
+    mark = lambda env: f" {REPEATED_NOT}" if env in not_repeated else ""
+    return "<br>".join(f"{e['env'].split('/')[-1]}: {evidence_line(e)}{mark(e['env'])}" for e in claim["evidence"])
 
 
 def not_run(script: str, preset: str) -> str:
@@ -130,13 +175,15 @@ def claims_table() -> str:
             claims.setdefault(c["id"], {})[preset] = c
             script_of[c["id"]] = script
     lines = ["| claim | the paper | statistic and rule | cpu | long |", "|---|---|---|---|---|"]
+    differ = replicate_disagreements()
     for cid, by_preset in claims.items():
         c = next(iter(by_preset.values()))
         cells = []
         for preset in PRESETS:
             if preset in by_preset:
                 p = by_preset[preset]
-                cells.append(f"{VERDICT[p['verdict']]}: {p['summary']}<br>{evidence_text(p)}")
+                not_repeated = {env for (pr, c, env) in differ if pr == preset and c == cid}
+                cells.append(f"{VERDICT[p['verdict']]}: {p['summary']}<br>{evidence_text(p, not_repeated)}")
             else:
                 cells.append(not_run(script_of[cid], preset))
         rule = f"{c['statistic']}; {c['rule']}"
@@ -183,6 +230,51 @@ def times_table() -> str:
         more = " + the earlier runs' time" if preset in partial else ""
         lines.append(f"| all | `{preset}` | {seconds / 60:.1f} min{more} | | | | |")
     return "\n".join(lines)
+
+
+def replicates_table() -> str:
+    """Per replicate: its machine, commit and time beside the reference's, how many verdicts it
+    repeated, and each per-environment verdict it did not."""
+    if not replicate_runs():
+        return "(no replicate yet: `make replicate NAME=<machine>` on another machine)"
+    lines, differ = [], replicate_disagreements()
+    for name, scripts in replicate_runs().items():
+        metas = {s: json.loads((run / "meta.json").read_text()) for s, run in scripts.items()}
+        preset = next(iter(metas.values()))["preset"]
+        reference = {s: runs()[s, preset] for s in scripts if (s, preset) in runs()}
+        ref_metas = [json.loads((run / "meta.json").read_text()) for run in reference.values()]
+        overall = env = overall_same = env_same = 0
+        for script, run in scripts.items():
+            if script not in reference:
+                continue
+            ours = claims_of(reference[script])
+            for cid, claim in claims_of(run).items():
+                if cid in ours:
+                    overall += 1
+                    overall_same += claim["verdict"] == ours[cid]["verdict"]
+                    verdicts = {e["env"]: e["verdict"] for e in ours[cid]["evidence"]}
+                    for e in claim["evidence"]:
+                        if e["env"] in verdicts:
+                            env += 1
+                            env_same += e["verdict"] == verdicts[e["env"]]
+        machines = sorted({m.get("machine", "") for m in metas.values()})
+        ref_machines = sorted({m.get("machine", "") for m in ref_metas})
+        commits = sorted({m.get("git_commit", "")[:7] for m in metas.values()})
+        lines += [f"`{name}` (`{preset}`, {len(scripts)} scripts): {'; '.join(machines)}, commit "
+                  f"{', '.join(f'`{c}`' for c in commits)}; the scripts took "
+                  f"{sum(m['wall_seconds'] for m in metas.values()) / 60:.1f} min, the reference runs "
+                  f"{sum(m['wall_seconds'] for m in ref_metas) / 60:.1f} min on {'; '.join(ref_machines)}. "
+                  f"It repeated {overall_same} of {overall} overall verdicts and {env_same} of {env} "
+                  f"per-environment verdicts; the others:", "",
+                  f"| claim | environment | reference (`{preset}`) | `{name}` |", "|---|---|---|---|"]
+        for (pr, cid, e_id), found in sorted(differ.items()):
+            for replicate, ours, theirs in found:
+                if replicate == name and pr == preset:
+                    seeds = lambda e: f", n = {e['n']}" if e.get("n") is not None else ""
+                    lines.append(f"| `{cid}` | {e_id.split('/')[-1]} | {evidence_line(ours)}{seeds(ours)} | "
+                                 f"{evidence_line(theirs)}{seeds(theirs)} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def bench_table(path: Path, how: str = "run `make bench`") -> str:
@@ -256,6 +348,7 @@ def generate(text: str, figures: Path) -> str:
     text = replace(text, "figures", figure_table(figures))
     text = replace(text, "verdicts", verdict_counts())
     text = replace(text, "claims", claims_table())
+    text = replace(text, "replicates", replicates_table())
     text = replace(text, "times", times_table())
     text = replace(text, "presets", presets_table())
     text = replace(text, "constants", constants_table())
@@ -270,11 +363,13 @@ def main() -> None:
     parser.add_argument("--preset", choices=PRESETS, default="cpu", help="promote: the preset the runs were made with")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="promote: where the runs are")
     parser.add_argument("--script", action="append", choices=SCRIPTS, help="promote: only this script (repeatable)")
+    parser.add_argument("--replicate", metavar="NAME", help="promote: into reference/replicates/NAME/, beside the "
+                        "reference runs (the same runs made on another machine) instead of replacing them")
     parser.add_argument("--check", action="store_true", help="exit 1 if the README would change; write nothing")
     parser.add_argument("--no-figures", action="store_true", help="do not redraw figures/ (the text only)")
     args = parser.parse_args()
     if args.command == "promote":
-        promote(args.preset, args.results, tuple(args.script or SCRIPTS))
+        promote(args.preset, args.results, tuple(args.script or SCRIPTS), args.replicate)
         return
     figures = REPO / "figures"
     if not args.no_figures and not args.check:
