@@ -80,23 +80,40 @@ def claims_of(run: Path) -> dict[str, dict]:
     return {c["id"]: c for c in json.loads((run / "claims.json").read_text())}
 
 
+def compare_replicate(scripts: dict[str, Path]) -> dict:
+    """A replicate's claims against the reference runs of the same preset: the overall verdicts and
+    per-environment verdicts compared and repeated, and each per-environment pair that differs as
+    (preset, claim id, env, the reference's evidence, the replicate's)."""
+    reference_runs = runs()
+    counts = {"overall": 0, "overall_same": 0, "envs": 0, "envs_same": 0, "differ": []}
+    for script, run in scripts.items():
+        preset = json.loads((run / "meta.json").read_text())["preset"]
+        if (script, preset) not in reference_runs:
+            continue
+        reference = claims_of(reference_runs[script, preset])
+        for cid, claim in claims_of(run).items():
+            if cid not in reference:
+                continue
+            counts["overall"] += 1
+            counts["overall_same"] += claim["verdict"] == reference[cid]["verdict"]
+            ours = {e["env"]: e for e in reference[cid]["evidence"]}
+            for e in claim["evidence"]:
+                if e["env"] in ours:
+                    counts["envs"] += 1
+                    if e["verdict"] == ours[e["env"]]["verdict"]:
+                        counts["envs_same"] += 1
+                    else:
+                        counts["differ"].append((preset, cid, e["env"], ours[e["env"]], e))
+    return counts
+
+
 def replicate_disagreements() -> dict[tuple[str, str, str], list[tuple[str, dict, dict]]]:
     """(preset, claim id, env) -> [(replicate, the reference's evidence, the replicate's)] where a
     replicate's per-environment verdict differs from the reference run's of the same preset."""
     found: dict[tuple[str, str, str], list[tuple[str, dict, dict]]] = {}
     for name, scripts in replicate_runs().items():
-        for script, run in scripts.items():
-            preset = json.loads((run / "meta.json").read_text())["preset"]
-            if (script, preset) not in runs():
-                continue
-            reference = claims_of(runs()[script, preset])
-            for cid, claim in claims_of(run).items():
-                if cid not in reference:
-                    continue
-                ours = {e["env"]: e for e in reference[cid]["evidence"]}
-                for e in claim["evidence"]:
-                    if e["env"] in ours and e["verdict"] != ours[e["env"]]["verdict"]:
-                        found.setdefault((preset, cid, e["env"]), []).append((name, ours[e["env"]], e))
+        for preset, cid, env, ours, theirs in compare_replicate(scripts)["differ"]:
+            found.setdefault((preset, cid, env), []).append((name, ours, theirs))
     return found
 
 
@@ -182,7 +199,7 @@ def claims_table() -> str:
         for preset in PRESETS:
             if preset in by_preset:
                 p = by_preset[preset]
-                not_repeated = {env for (pr, c, env) in differ if pr == preset and c == cid}
+                not_repeated = {env for (at, claim_id, env) in differ if at == preset and claim_id == cid}
                 cells.append(f"{VERDICT[p['verdict']]}: {p['summary']}<br>{evidence_text(p, not_repeated)}")
             else:
                 cells.append(not_run(script_of[cid], preset))
@@ -235,28 +252,17 @@ def times_table() -> str:
 def replicates_table() -> str:
     """Per replicate: its machine, commit and time beside the reference's, how many verdicts it
     repeated, and each per-environment verdict it did not."""
-    if not replicate_runs():
+    replicates, reference_runs = replicate_runs(), runs()
+    if not replicates:
         return "(no replicate yet: `make replicate NAME=<machine>` on another machine)"
-    lines, differ = [], replicate_disagreements()
-    for name, scripts in replicate_runs().items():
+    lines = []
+    seeds = lambda e: f", n = {e['n']}" if e.get("n") is not None else ""
+    for name, scripts in replicates.items():
         metas = {s: json.loads((run / "meta.json").read_text()) for s, run in scripts.items()}
         preset = next(iter(metas.values()))["preset"]
-        reference = {s: runs()[s, preset] for s in scripts if (s, preset) in runs()}
-        ref_metas = [json.loads((run / "meta.json").read_text()) for run in reference.values()]
-        overall = env = overall_same = env_same = 0
-        for script, run in scripts.items():
-            if script not in reference:
-                continue
-            ours = claims_of(reference[script])
-            for cid, claim in claims_of(run).items():
-                if cid in ours:
-                    overall += 1
-                    overall_same += claim["verdict"] == ours[cid]["verdict"]
-                    verdicts = {e["env"]: e["verdict"] for e in ours[cid]["evidence"]}
-                    for e in claim["evidence"]:
-                        if e["env"] in verdicts:
-                            env += 1
-                            env_same += e["verdict"] == verdicts[e["env"]]
+        ref_metas = [json.loads((reference_runs[s, preset] / "meta.json").read_text()) for s in scripts
+                     if (s, preset) in reference_runs]
+        counts = compare_replicate(scripts)
         machines = sorted({m.get("machine", "") for m in metas.values()})
         ref_machines = sorted({m.get("machine", "") for m in ref_metas})
         commits = sorted({m.get("git_commit", "")[:7] for m in metas.values()})
@@ -264,15 +270,12 @@ def replicates_table() -> str:
                   f"{', '.join(f'`{c}`' for c in commits)}; the scripts took "
                   f"{sum(m['wall_seconds'] for m in metas.values()) / 60:.1f} min, the reference runs "
                   f"{sum(m['wall_seconds'] for m in ref_metas) / 60:.1f} min on {'; '.join(ref_machines)}. "
-                  f"It repeated {overall_same} of {overall} overall verdicts and {env_same} of {env} "
-                  f"per-environment verdicts; the others:", "",
+                  f"It repeated {counts['overall_same']} of {counts['overall']} overall verdicts and "
+                  f"{counts['envs_same']} of {counts['envs']} per-environment verdicts; the others:", "",
                   f"| claim | environment | reference (`{preset}`) | `{name}` |", "|---|---|---|---|"]
-        for (pr, cid, e_id), found in sorted(differ.items()):
-            for replicate, ours, theirs in found:
-                if replicate == name and pr == preset:
-                    seeds = lambda e: f", n = {e['n']}" if e.get("n") is not None else ""
-                    lines.append(f"| `{cid}` | {e_id.split('/')[-1]} | {evidence_line(ours)}{seeds(ours)} | "
-                                 f"{evidence_line(theirs)}{seeds(theirs)} |")
+        for _, cid, env, ours, theirs in sorted(counts["differ"], key=lambda d: d[:3]):
+            lines.append(f"| `{cid}` | {env.split('/')[-1]} | {evidence_line(ours)}{seeds(ours)} | "
+                         f"{evidence_line(theirs)}{seeds(theirs)} |")
         lines.append("")
     return "\n".join(lines).rstrip()
 
