@@ -84,7 +84,7 @@ def test_committed_claims_are_what_the_code_computes():
             f"{run.relative_to(REPO)}` and commit"
 
 
-def fake_run(directory: Path, verdicts: dict[str, str], machine: str) -> Path:
+def fake_run(directory: Path, verdicts: dict[str, str], machine: str) -> None:
     """A committed run's meta.json and claims.json: one claim, one verdict per environment."""
     import json
 
@@ -96,12 +96,10 @@ def fake_run(directory: Path, verdicts: dict[str, str], machine: str) -> Path:
     overall = "held" if all(v == "held" for v in verdicts.values()) else "inconclusive"
     (directory / "claims.json").write_text(json.dumps([{"id": "x.claim", "paper": "p", "statistic": "s", "rule": "r",
                                                         "verdict": overall, "summary": "s", "evidence": evidence}]))
-    return directory
 
 
 def test_a_replicate_is_compared_verdict_by_verdict(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "tests"))
-    import update_readme as U
+    import update_readme as U  # tests/ is on the path, as for test_common's bench
 
     monkeypatch.setattr(U, "REFERENCE", tmp_path)
     monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
