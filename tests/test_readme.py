@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from update_readme import differences  # tests/ is on pytest's path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,33 +32,6 @@ def test_every_reference_run_has_its_files():
         assert (run / "metrics.csv.gz").exists() and (run / "claims.json").exists(), run
 
 
-# Floats of a recomputed claim agree with the committed ones to this relative precision, not bit for
-# bit: a least-squares fit (LAPACK) or a numpy reduction sums in another order on another CPU's
-# instruction set (lr_sweep.inverted_u's fit differs in its 15th digit between an AVX-512 and an
-# AVX2 machine). A changed statistic or rule moves a value far more than this.
-CLAIM_FLOAT_RTOL = 1e-9
-
-
-def differences(computed, committed, where: str = "") -> list[str]:
-    """Where two claims.json trees differ: strings, verdicts and structure exactly, floats beyond
-    CLAIM_FLOAT_RTOL."""
-    import math
-
-    if isinstance(computed, dict) and isinstance(committed, dict):
-        if computed.keys() != committed.keys():
-            return [f"{where}: keys {sorted(computed)} != {sorted(committed)}"]
-        return [d for k in computed for d in differences(computed[k], committed[k], f"{where}.{k}")]
-    if isinstance(computed, list) and isinstance(committed, list):
-        if len(computed) != len(committed):
-            return [f"{where}: {len(computed)} items != {len(committed)}"]
-        return [d for i, (a, b) in enumerate(zip(computed, committed)) for d in differences(a, b, f"{where}[{i}]")]
-    if isinstance(computed, float) and isinstance(committed, (int, float)) and not isinstance(committed, bool):
-        return [] if math.isclose(computed, committed, rel_tol=CLAIM_FLOAT_RTOL, abs_tol=1e-12) else \
-            [f"{where}: {computed!r} != {committed!r}"]
-    same = computed == committed and type(computed) is type(committed)
-    return [] if same else [f"{where}: {computed!r} != {committed!r}"]
-
-
 def test_claim_differences_ignore_only_the_last_float_bits():
     claim = {"id": "x", "verdict": "held", "evidence": [{"value": -2.8104978354978325, "n": 5, "p": None}]}
     assert differences(claim, {**claim, "evidence": [{"value": -2.810497835497826, "n": 5, "p": None}]}) == []
@@ -65,6 +40,23 @@ def test_claim_differences_ignore_only_the_last_float_bits():
     assert differences(claim, {**claim, "evidence": [{"value": -2.8104978354978325, "n": 5, "p": 0.5}]})
     assert differences(claim, {**claim, "verdict": "not held"})
     assert differences(claim, {**claim, "evidence": []})
+
+
+def test_redrawing_keeps_committed_claims_unless_a_claim_changed(tmp_path):
+    import json
+
+    from update_readme import keep_committed_claims
+
+    committed = json.dumps([{"id": "x", "verdict": "held", "evidence": [{"value": -2.810497835497826}]}]).encode()
+    path = tmp_path / "claims.json"
+    last_bits = [{"id": "x", "verdict": "held", "evidence": [{"value": -2.8104978354978325}]}]
+    path.write_text(json.dumps(last_bits))
+    keep_committed_claims(path, committed)
+    assert path.read_bytes() == committed
+    changed = [{"id": "x", "verdict": "not held", "evidence": [{"value": -2.810497835497826}]}]
+    path.write_text(json.dumps(changed))
+    keep_committed_claims(path, committed)
+    assert json.loads(path.read_text()) == changed
 
 
 def test_committed_claims_are_what_the_code_computes():
@@ -84,13 +76,14 @@ def test_committed_claims_are_what_the_code_computes():
             f"{run.relative_to(REPO)}` and commit"
 
 
-def fake_run(directory: Path, verdicts: dict[str, str], machine: str) -> None:
+def fake_run(directory: Path, verdicts: dict[str, str], machine: str, seeds: int = 5) -> None:
     """A committed run's meta.json and claims.json: one claim, one verdict per environment."""
     import json
 
     directory.mkdir(parents=True)
     (directory / "meta.json").write_text(json.dumps({"preset": "cpu", "wall_seconds": 60.0, "machine": machine,
-                                                     "git_commit": "0123456789", "num_devices": 2, "device": "cpu:0"}))
+                                                     "git_commit": "0123456789", "num_devices": 2, "device": "cpu:0",
+                                                     "config": {"seeds": seeds}}))
     evidence = [{"env": env, "verdict": v, "value": 1.0, "low": 0.5, "high": 1.5, "p": 0.03, "n": 5, "note": ""}
                 for env, v in verdicts.items()]
     overall = "held" if all(v == "held" for v in verdicts.values()) else "inconclusive"
@@ -118,3 +111,19 @@ def test_a_replicate_is_compared_verdict_by_verdict(tmp_path, monkeypatch):
     claims = U.claims_table()
     assert f"cartpole: 1 [0.5, 1.5], p = 0.03 (held) {U.REPEATED_NOT}" in claims
     assert f"catch: 1 [0.5, 1.5], p = 0.03 (held) {U.REPEATED_NOT}" not in claims
+
+
+def test_a_replicate_of_other_settings_is_not_compared(tmp_path, monkeypatch):
+    """A replicate made before its preset changed (here 2 seeds against the reference's 5) says so
+    instead of counting verdicts of a different experiment as repeated or not."""
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem",))
+    fake_run(tmp_path / "exp_tandem" / "cpu", {"bsuite/catch": "held"}, "machine A")
+    fake_run(tmp_path / "replicates" / "old" / "exp_tandem", {"bsuite/catch": "inconclusive"}, "B", seeds=2)
+    assert U.replicate_disagreements() == {}
+    table = U.replicates_table()
+    assert "`exp_tandem` is not compared: its reference run has other settings (seeds)" in table
+    assert "repeated 0 of 0 overall verdicts" in table

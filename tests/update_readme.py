@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,31 @@ def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS, repl
         print(f"promoted {run} -> {target}")
 
 
+# Floats of a recomputed claim agree with the committed ones to this relative precision, not bit for
+# bit: a least-squares fit (LAPACK) or a numpy reduction sums in another order on another CPU's
+# instruction set (lr_sweep.inverted_u's fit differs in its 15th digit between an AVX-512 and an
+# AVX2 machine). A changed statistic or rule moves a value far more than this.
+CLAIM_FLOAT_RTOL = 1e-9
+
+
+def differences(computed, committed, where: str = "") -> list[str]:
+    """Where two claims.json trees differ: strings, verdicts and structure exactly, floats beyond
+    CLAIM_FLOAT_RTOL."""
+    if isinstance(computed, dict) and isinstance(committed, dict):
+        if computed.keys() != committed.keys():
+            return [f"{where}: keys {sorted(computed)} != {sorted(committed)}"]
+        return [d for k in computed for d in differences(computed[k], committed[k], f"{where}.{k}")]
+    if isinstance(computed, list) and isinstance(committed, list):
+        if len(computed) != len(committed):
+            return [f"{where}: {len(computed)} items != {len(committed)}"]
+        return [d for i, (a, b) in enumerate(zip(computed, committed)) for d in differences(a, b, f"{where}[{i}]")]
+    if isinstance(computed, float) and isinstance(committed, (int, float)) and not isinstance(committed, bool):
+        return [] if math.isclose(computed, committed, rel_tol=CLAIM_FLOAT_RTOL, abs_tol=1e-12) else \
+            [f"{where}: {computed!r} != {committed!r}"]
+    same = computed == committed and type(computed) is type(committed)
+    return [] if same else [f"{where}: {computed!r} != {committed!r}"]
+
+
 # ---- the generated sections ------------------------------------------------------------------------
 
 
@@ -81,15 +107,25 @@ def claims_of(run: Path) -> dict[str, dict]:
 
 
 def compare_replicate(scripts: dict[str, Path]) -> dict:
-    """A replicate's claims against the reference runs of the same preset: the overall verdicts and
-    per-environment verdicts compared and repeated, and each per-environment pair that differs as
-    (preset, claim id, env, the reference's evidence, the replicate's)."""
+    """A replicate's claims against the reference runs of the same preset and settings: the overall
+    verdicts and per-environment verdicts compared and repeated, and each per-environment pair that
+    differs as (preset, claim id, env, the reference's evidence, the replicate's). A script whose
+    reference run has other settings (a preset changed since the replicate ran) is not compared:
+    ``compared`` lists the scripts that were, ``changed`` the others with the settings that differ."""
     reference_runs = runs()
-    counts = {"overall": 0, "overall_same": 0, "envs": 0, "envs_same": 0, "differ": []}
+    counts = {"overall": 0, "overall_same": 0, "envs": 0, "envs_same": 0, "differ": [], "compared": [],
+              "changed": {}}
     for script, run in scripts.items():
-        preset = json.loads((run / "meta.json").read_text())["preset"]
+        meta = json.loads((run / "meta.json").read_text())
+        preset = meta["preset"]
         if (script, preset) not in reference_runs:
             continue
+        config = json.loads((reference_runs[script, preset] / "meta.json").read_text())["config"]
+        changed = sorted(k for k in {*config, *meta["config"]} if config.get(k) != meta["config"].get(k))
+        if changed:
+            counts["changed"][script] = changed
+            continue
+        counts["compared"].append(script)
         reference = claims_of(reference_runs[script, preset])
         for cid, claim in claims_of(run).items():
             if cid not in reference:
@@ -117,14 +153,25 @@ def replicate_disagreements() -> dict[tuple[str, str, str], list[tuple[str, dict
     return found
 
 
+def keep_committed_claims(path: Path, committed: bytes) -> None:
+    """Puts the committed claims.json back over a recomputed one that differs from it only in float
+    bits below CLAIM_FLOAT_RTOL; a changed verdict, string or value stays."""
+    if not differences(json.loads(path.read_text()), json.loads(committed)):
+        path.write_bytes(committed)
+
+
 def redraw(figures: Path) -> None:
     """Redraws every reference run's figures (--plot-only, which also recomputes its claims.json)
-    into figures/ (cpu) and figures/long/ (long): PNGs and the captions."""
+    into figures/ (cpu) and figures/long/ (long): PNGs and the captions. A recomputed claims.json
+    that differs from the committed one only in float bits below CLAIM_FLOAT_RTOL (another CPU's
+    LAPACK) is put back, so that redrawing leaves reference/ as committed unless a claim changed."""
     for (script, preset), run in runs().items():
         scratch = REPO / "build" / "figures" / script / preset
         shutil.rmtree(scratch, ignore_errors=True)
+        committed = (run / "claims.json").read_bytes()
         subprocess.run([sys.executable, str(REPO / f"{script}.py"), "--plot-only", "--out", str(run), "--figures",
                         str(scratch)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        keep_committed_claims(run / "claims.json", committed)
         target = figures if preset == "cpu" else figures / preset
         target.mkdir(parents=True, exist_ok=True)
         for png in scratch.glob("*.png"):
@@ -223,7 +270,7 @@ def verdict_counts() -> str:
 def times_table() -> str:
     lines = ["| script | preset | wall time | evaluation share | where the time went (seconds) | machine | commit |",
              "|---|---|---|---|---|---|---|"]
-    total, partial = {}, set()
+    total, partial, machines = {}, set(), {}
     for preset in PRESETS:
         for script in SCRIPTS:
             run = REFERENCE / script / preset
@@ -233,6 +280,7 @@ def times_table() -> str:
             spent = meta.get("seconds", {})
             seconds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.5)
             total[preset] = total.get(preset, 0.0) + meta["wall_seconds"]
+            machines.setdefault(preset, set()).add(meta.get("machine", ""))
             share = f"{spent.get('evaluate', 0.0) / meta['wall_seconds']:.1%}"
             # A run that resumed trainings from checkpoints timed only its own process.
             resumed = meta.get("resumed", {})
@@ -245,6 +293,8 @@ def times_table() -> str:
                          f"`{meta.get('git_commit', '')[:7]}` |")
     for preset, seconds in total.items():
         more = " + the earlier runs' time" if preset in partial else ""
+        if len(machines[preset]) > 1:  # run times are comparable only on one CPU model
+            more += f" (a sum over {len(machines[preset])} machines: not one machine's time)"
         lines.append(f"| all | `{preset}` | {seconds / 60:.1f} min{more} | | | | |")
     return "\n".join(lines)
 
@@ -260,15 +310,17 @@ def replicates_table() -> str:
     for name, scripts in replicates.items():
         metas = {s: json.loads((run / "meta.json").read_text()) for s, run in scripts.items()}
         preset = next(iter(metas.values()))["preset"]
-        ref_metas = [json.loads((reference_runs[s, preset] / "meta.json").read_text()) for s in scripts
-                     if (s, preset) in reference_runs]
         counts = compare_replicate(scripts)
+        compared = {s: metas[s] for s in counts["compared"]}
+        ref_metas = [json.loads((reference_runs[s, preset] / "meta.json").read_text()) for s in compared]
         machines = sorted({m.get("machine", "") for m in metas.values()})
         ref_machines = sorted({m.get("machine", "") for m in ref_metas})
         commits = sorted({m.get("git_commit", "")[:7] for m in metas.values()})
+        changed = "".join(f" `{s}` is not compared: its reference run has other settings ({', '.join(keys)})."
+                          for s, keys in counts["changed"].items())
         lines += [f"`{name}` (`{preset}`, {len(scripts)} scripts): {'; '.join(machines)}, commit "
-                  f"{', '.join(f'`{c}`' for c in commits)}; the scripts took "
-                  f"{sum(m['wall_seconds'] for m in metas.values()) / 60:.1f} min, the reference runs "
+                  f"{', '.join(f'`{c}`' for c in commits)}.{changed} The {len(compared)} compared scripts took "
+                  f"{sum(m['wall_seconds'] for m in compared.values()) / 60:.1f} min, their reference runs "
                   f"{sum(m['wall_seconds'] for m in ref_metas) / 60:.1f} min on {'; '.join(ref_machines)}. "
                   f"It repeated {counts['overall_same']} of {counts['overall']} overall verdicts and "
                   f"{counts['envs_same']} of {counts['envs']} per-environment verdicts; the others:", "",
