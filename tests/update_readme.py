@@ -111,21 +111,23 @@ def compare_replicate(scripts: dict[str, Path]) -> dict:
     verdicts and per-environment verdicts compared and repeated, and each per-environment pair that
     differs as (preset, claim id, env, the reference's evidence, the replicate's). A script whose
     reference run has other settings (a preset changed since the replicate ran) is not compared:
-    ``compared`` lists the scripts that were, ``changed`` the others with the settings that differ."""
+    ``compared`` maps the scripts that were to their reference run's meta.json, ``changed`` the
+    others to the settings that differ."""
     reference_runs = runs()
-    counts = {"overall": 0, "overall_same": 0, "envs": 0, "envs_same": 0, "differ": [], "compared": [],
+    counts = {"overall": 0, "overall_same": 0, "envs": 0, "envs_same": 0, "differ": [], "compared": {},
               "changed": {}}
     for script, run in scripts.items():
         meta = json.loads((run / "meta.json").read_text())
         preset = meta["preset"]
         if (script, preset) not in reference_runs:
             continue
-        config = json.loads((reference_runs[script, preset] / "meta.json").read_text())["config"]
+        reference_meta = json.loads((reference_runs[script, preset] / "meta.json").read_text())
+        config = reference_meta["config"]
         changed = sorted(k for k in {*config, *meta["config"]} if config.get(k) != meta["config"].get(k))
         if changed:
             counts["changed"][script] = changed
             continue
-        counts["compared"].append(script)
+        counts["compared"][script] = reference_meta
         reference = claims_of(reference_runs[script, preset])
         for cid, claim in claims_of(run).items():
             if cid not in reference:
@@ -302,7 +304,7 @@ def times_table() -> str:
 def replicates_table() -> str:
     """Per replicate: its machine, commit and time beside the reference's, how many verdicts it
     repeated, and each per-environment verdict it did not."""
-    replicates, reference_runs = replicate_runs(), runs()
+    replicates = replicate_runs()
     if not replicates:
         return "(no replicate yet: `make replicate NAME=<machine>` on another machine)"
     lines = []
@@ -312,7 +314,7 @@ def replicates_table() -> str:
         preset = next(iter(metas.values()))["preset"]
         counts = compare_replicate(scripts)
         compared = {s: metas[s] for s in counts["compared"]}
-        ref_metas = [json.loads((reference_runs[s, preset] / "meta.json").read_text()) for s in compared]
+        ref_metas = list(counts["compared"].values())
         machines = sorted({m.get("machine", "") for m in metas.values()})
         ref_machines = sorted({m.get("machine", "") for m in ref_metas})
         commits = sorted({m.get("git_commit", "")[:7] for m in metas.values()})
