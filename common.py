@@ -2505,9 +2505,19 @@ def package_versions() -> dict[str, str | None]:
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+                              check=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from HEAD (None outside a git checkout): such a run is not
+    reproducible from its commit alone."""
+    try:
+        return bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+                                   capture_output=True, text=True, check=True, timeout=60).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def machine_description() -> str:
@@ -2526,9 +2536,12 @@ def machine_description() -> str:
                      if part)
 
 
-def write_meta(out: Path, preset: str, config: Any, wall_seconds: float, extra: dict | None = None) -> None:
+def write_meta(out: Path, preset: str, config: Any, wall_seconds: float, source: Mapping[str, Any],
+               extra: dict | None = None) -> None:
+    """meta.json: what a run was (preset, config, command, ``source``: the code's commit as the run
+    started) and where its time went."""
     meta = {
-        "preset": preset, "config": jsonable(config), "argv": sys.argv, "git_commit": git_commit(),
+        "preset": preset, "config": jsonable(config), "argv": sys.argv, **source,
         "wall_seconds": round(wall_seconds, 1), "device": str(jax.devices()[0]), "num_devices": jax.device_count(),
         "platform": platform.platform(), "machine": machine_description(),
         "python": platform.python_version(), "versions": package_versions(), **(extra or {}),
@@ -2940,12 +2953,15 @@ def _run_study(study: Study, preset: str, config: Any, out: Path, plot_only: boo
     figures.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if not plot_only:
+        # The code's commit as the run starts: a commit made while a long run trains is not the run's.
+        source = {"git_commit": git_commit(), "git_dirty": git_dirty()}
         timings = Timings()
         extra = study.run(config, out, timings) or {}
         if not is_main_process():  # process 0 writes the run's files
             return
         resumed = {"resumed": timings.resumed} if timings.resumed else {}
-        write_meta(out, preset, config, time.time() - start, {"seconds": timings.summary(), **resumed, **extra})
+        write_meta(out, preset, config, time.time() - start, source,
+                   {"seconds": timings.summary(), **resumed, **extra})
     metrics = Metrics(metrics_path(out))
     if study.analyse is not None:
         study.analyse(metrics, config, figures)

@@ -628,6 +628,23 @@ def test_metrics_round_trip_typed_settings(tmp_path):
     assert gz.values("activation") == ["relu", None] and len(gz) == len(m)
 
 
+def test_meta_names_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    """A long run's meta.json names the code it ran, even if a commit lands while it trains."""
+    heads = iter(["commit-at-start", "commit-made-during-the-run"])
+    monkeypatch.setattr(C, "git_commit", lambda: next(heads))
+    monkeypatch.setattr(C, "git_dirty", lambda: False)
+
+    def run(config, out, timings):
+        C.git_commit()  # someone commits while the run trains
+        C.write_metrics(out, [{"study": "s", "env": "bsuite/catch", "agent": "dqn", "seed": 0, "step": 0,
+                               "metric": "srank", "value": 1.0}])
+
+    study = C.Study("s", "", {"cpu": None}, run, claims=lambda m, c: [], plot=lambda m, c, out: None)
+    C._run_study(study, "cpu", {}, tmp_path, plot_only=False, figures=tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["git_commit"] == "commit-at-start" and meta["git_dirty"] is False
+
+
 def test_seed_test_is_an_exact_sign_flip_test_with_a_bootstrap_interval():
     t = C.seed_test([0.3, 0.5, 0.2, 0.4, 0.1])
     assert t.n == 5 and t.mean == pytest.approx(0.3)

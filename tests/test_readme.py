@@ -76,14 +76,14 @@ def test_committed_claims_are_what_the_code_computes():
             f"{run.relative_to(REPO)}` and commit"
 
 
-def fake_run(directory: Path, verdicts: dict[str, str], machine: str, seeds: int = 5) -> None:
+def fake_run(directory: Path, verdicts: dict[str, str], machine: str, seeds: int = 5, dirty: bool = False) -> None:
     """A committed run's meta.json and claims.json: one claim, one verdict per environment."""
     import json
 
     directory.mkdir(parents=True)
     (directory / "meta.json").write_text(json.dumps({"preset": "cpu", "wall_seconds": 60.0, "machine": machine,
-                                                     "git_commit": "0123456789", "num_devices": 2, "device": "cpu:0",
-                                                     "config": {"seeds": seeds}}))
+                                                     "git_commit": "0123456789", "git_dirty": dirty, "num_devices": 2,
+                                                     "device": "cpu:0", "config": {"seeds": seeds}}))
     evidence = [{"env": env, "verdict": v, "value": 1.0, "low": 0.5, "high": 1.5, "p": 0.03, "n": 5, "note": ""}
                 for env, v in verdicts.items()]
     overall = "held" if all(v == "held" for v in verdicts.values()) else "inconclusive"
@@ -127,3 +127,15 @@ def test_a_replicate_of_other_settings_is_not_compared(tmp_path, monkeypatch):
     table = U.replicates_table()
     assert "`exp_tandem` is not compared: its reference run has other settings (seeds)" in table
     assert "repeated 0 of 0 overall verdicts" in table
+
+
+def test_a_run_with_uncommitted_changes_says_so_in_the_run_times(tmp_path, monkeypatch):
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem", "exp_lr_sweep"))
+    fake_run(tmp_path / "exp_tandem" / "cpu", {"bsuite/catch": "held"}, "A")
+    fake_run(tmp_path / "exp_lr_sweep" / "cpu", {"bsuite/catch": "held"}, "A", dirty=True)
+    rows = {line.split(" | ")[0]: line for line in U.times_table().splitlines()}
+    assert rows["| `exp_lr_sweep`"].endswith("| `0123456` + uncommitted changes |")
+    assert rows["| `exp_tandem`"].endswith("| `0123456` |")

@@ -52,6 +52,9 @@ def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS, repl
         meta = json.loads((run / "meta.json").read_text())
         if meta["preset"] != preset:
             sys.exit(f"{run} was made with --preset {meta['preset']}, not {preset}")
+        if meta.get("git_dirty"):  # shown in the README's run-times table too
+            print(f"warning: {run} ran with uncommitted changes to tracked files; its commit alone does not "
+                  "reproduce it", file=sys.stderr)
         target = REPLICATES / replicate / script if replicate else REFERENCE / script / preset
         target.mkdir(parents=True, exist_ok=True)
         with open(run / "metrics.csv", "rb") as f:
@@ -290,9 +293,9 @@ def times_table() -> str:
             if resumed:
                 wall += f" (resumed {len(resumed)} training{'s' if len(resumed) > 1 else ''} from an earlier run)"
                 partial.add(preset)
+            commit = f"`{meta.get('git_commit', '')[:7]}`" + (" + uncommitted changes" if meta.get("git_dirty") else "")
             lines.append(f"| `{script}` | `{preset}` | {wall} | {share} | {seconds} | "
-                         f"{meta.get('machine', '')}, {meta['num_devices']} x {meta['device']} | "
-                         f"`{meta.get('git_commit', '')[:7]}` |")
+                         f"{meta.get('machine', '')}, {meta['num_devices']} x {meta['device']} | {commit} |")
     for preset, seconds in total.items():
         more = " + the earlier runs' time" if preset in partial else ""
         if len(machines[preset]) > 1:  # run times are comparable only on one CPU model
