@@ -34,9 +34,10 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
 	touch $(STAMP)
 
-# Two workers: the 2-core CI machine runs two tests at once.
+# Two workers: the 2-core CI machine runs two tests at once. An idle worker takes queued tests from
+# the other (worksteal), and the slowest tests start first (tests/conftest.py).
 test: setup
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 unit: setup
 	$(PY) -m pytest -q tests -m "not smoke"
