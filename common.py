@@ -2525,9 +2525,9 @@ def git_dirty() -> bool | None:
 def machine_description() -> str:
     """The machine a run or a benchmark ran on: architecture, CPU model and core count, e.g.
     "x86_64, AMD EPYC, 2 cores". Run times are comparable only on one CPU model: the same 2-core
-    study took 1.0-1.4x as long on an AMD EPYC (176-180 GFLOP/s float32 matmul peak) as on the
-    Intel machine that made most of reference/ (210); the README's run-times table names each
-    reference run's machine, and reference/replicates/ holds a full set of the EPYC's cpu runs."""
+    study took 1.0-1.4x as long on an AMD EPYC (176-180 GFLOP/s float32 matmul peak) as on an
+    Intel machine (210); the README's run-times table names each reference run's machine (the EPYC
+    made the `cpu` runs), and reference/replicates/ holds the Intel machine's."""
     model = ""
     try:
         model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
