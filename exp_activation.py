@@ -40,6 +40,7 @@ Stand-ins and sizes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -327,8 +328,9 @@ def run_hessian(cfg: Config, method: Method) -> tuple[list[dict], dict]:
         eigenvalues = []
         for m, member in enumerate(members):
             one = lambda tree: jax.tree_util.tree_map(lambda x: x[m], tree)
-            eig = td_hessian_eigenvalues(net, one(result.state.params), one(result.state.target_params), batch,
-                                         weights, cfg.gamma)
+            with method.timings("hessian"):
+                eig = td_hessian_eigenvalues(net, one(result.state.params), one(result.state.target_params), batch,
+                                             weights, cfg.gamma)
             spectra[f"{act}_seed{member.seed}"] = eig
             eigenvalues.append(eig)
         columns = {"study": "hessian", "env": cfg.hessian_env, "agent": "dqn"}
@@ -414,27 +416,39 @@ def td_hessian_eigenvalues(net: nn.Module, params: C.PyTree, target_params: C.Py
     """Eigenvalues (ascending) of the exact Hessian, in the flattened parameters, of the weighted
     mean double-DQN Huber TD loss; the target network is held fixed and the online network's
     next-state action choice carries no gradient (as in training)."""
-    flat, unravel = ravel_pytree(params)
-
-    def weighted_loss(flat, b, w):
-        q_both, _ = net.apply(unravel(flat), jnp.concatenate([b.obs, b.next_obs]))
-        q_tm1, q_selector = jnp.split(q_both, 2)
-        q_value, _ = net.apply(target_params, b.next_obs)
-        td = C.double_q_td_error(q_tm1, b.action, b.reward, gamma * b.discount, q_value,
-                                 jax.lax.stop_gradient(q_selector))
-        return jnp.sum(w * C.huber(td))
-
-    hessian = jax.jit(jax.hessian(weighted_loss))
+    hessian = td_hessian_program(net, gamma)
     n = len(weights)
     pad = -n % chunk  # zero-weight padding: one compiled shape for every chunk
     batch = jax.tree_util.tree_map(lambda x: np.concatenate([x, np.repeat(x[:1], pad, axis=0)]), batch)
     weights = np.concatenate([weights, np.zeros(pad, np.float32)])
-    total = np.zeros((flat.size, flat.size))
+    size = ravel_pytree(params)[0].size
+    total = np.zeros((size, size))
     for start in range(0, n + pad, chunk):
         part = jax.tree_util.tree_map(lambda x: jnp.asarray(x[start:start + chunk]), batch)
-        total += np.asarray(hessian(flat, part, jnp.asarray(weights[start:start + chunk])), np.float64)
+        total += np.asarray(hessian(params, target_params, part, jnp.asarray(weights[start:start + chunk])),
+                            np.float64)
     total /= weights.sum()
     return np.linalg.eigvalsh(0.5 * (total + total.T))
+
+
+@functools.lru_cache(maxsize=8)  # compiled once per network, not once per member (seconds each)
+def td_hessian_program(net: nn.Module, gamma: float):
+    """One chunk's Hessian of the weighted sum of Huber TD losses, in the flattened online parameters."""
+
+    def chunk_hessian(params, target_params, b, w):
+        flat, unravel = ravel_pytree(params)
+
+        def weighted_loss(flat):
+            q_both, _ = net.apply(unravel(flat), jnp.concatenate([b.obs, b.next_obs]))
+            q_tm1, q_selector = jnp.split(q_both, 2)
+            q_value, _ = net.apply(target_params, b.next_obs)
+            td = C.double_q_td_error(q_tm1, b.action, b.reward, gamma * b.discount, q_value,
+                                     jax.lax.stop_gradient(q_selector))
+            return jnp.sum(w * C.huber(td))
+
+        return jax.hessian(weighted_loss)(flat)
+
+    return jax.jit(chunk_hessian)
 
 
 def near_zero_thresholds(num_params: int) -> tuple[float, ...]:
