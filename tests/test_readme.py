@@ -139,3 +139,17 @@ def test_a_run_with_uncommitted_changes_says_so_in_the_run_times(tmp_path, monke
     rows = {line.split(" | ")[0]: line for line in U.times_table().splitlines()}
     assert rows["| `exp_lr_sweep`"].endswith("| `0123456` + uncommitted changes |")
     assert rows["| `exp_tandem`"].endswith("| `0123456` |")
+
+
+def test_the_run_times_say_what_no_phase_timed(tmp_path, monkeypatch):
+    import json
+
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem",))
+    fake_run(tmp_path / "exp_tandem" / "cpu", {"bsuite/catch": "held"}, "A")
+    meta = tmp_path / "exp_tandem" / "cpu" / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "seconds": {"train": 40.0, "compile": 8.0}}))
+    row = next(line for line in U.times_table().splitlines() if line.startswith("| `exp_tandem`"))
+    assert "| train 40, untimed 12, compile 8 |" in row  # 60 s of wall time, 48 timed

@@ -283,7 +283,11 @@ def times_table() -> str:
                 continue
             meta = json.loads((run / "meta.json").read_text())
             spent = meta.get("seconds", {})
-            seconds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.5)
+            # What no phase timed (network initialisation, tracing outside the trainer, analysis inside
+            # run() such as activation's Hessian): the wall time less the phases, so the row adds up.
+            untimed = {"untimed": meta["wall_seconds"] - sum(spent.values())} if spent else {}
+            seconds = ", ".join(f"{k} {v:.0f}" for k, v in sorted({**spent, **untimed}.items(), key=lambda kv: -kv[1])
+                                if v >= 0.5)
             total[preset] = total.get(preset, 0.0) + meta["wall_seconds"]
             machines.setdefault(preset, set()).add(meta.get("machine", ""))
             share = f"{spent.get('evaluate', 0.0) / meta['wall_seconds']:.1%}"
