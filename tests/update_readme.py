@@ -327,7 +327,8 @@ def replicates_table() -> str:
         commits = sorted({m.get("git_commit", "")[:7] for m in metas.values()})
         changed = "".join(f" `{s}` is not compared: its reference run has other settings ({', '.join(keys)})."
                           for s, keys in counts["changed"].items())
-        lines += [f"`{name}` (`{preset}`, {len(scripts)} scripts): {'; '.join(machines)}, commit{'s' if len(commits) > 1 else ''} "
+        plural = "s" if len(commits) > 1 else ""
+        lines += [f"`{name}` (`{preset}`, {len(scripts)} scripts): {'; '.join(machines)}, commit{plural} "
                   f"{', '.join(f'`{c}`' for c in commits)}.{changed} The {len(compared)} compared scripts took "
                   f"{sum(m['wall_seconds'] for m in compared.values()) / 60:.1f} min, their reference runs "
                   f"{sum(m['wall_seconds'] for m in ref_metas) / 60:.1f} min on {'; '.join(ref_machines)}. "
