@@ -2109,6 +2109,9 @@ def evaluate_policies(
     members = jax.tree_util.tree_leaves(params)[0].shape[0]
     env = make_env(env_id, members * num_episodes, seed)
     key = jax.random.key(seed)
+    devices = list(jax.tree_util.tree_leaves(params)[0].sharding.device_set)
+    if len(devices) == 1:  # committed there, as the keys act returns are: else the steps after the
+        key = jax.device_put(key, devices[0])  # first would compile the policy a second time
     act = _act_fn(net, members, num_episodes, epsilon)
     if obs_transform is not None and jax.tree_util.all_leaves([obs_transform]):
         obs_transform = jax.tree_util.Partial(obs_transform)  # a plain callable: a constant of the program
@@ -2120,11 +2123,11 @@ def evaluate_policies(
     running = np.ones(env.num_envs, bool)
     taken, rewards, alive = [], [], []  # per step, for the value error
     for _ in range(max_steps):
-        key, step_key = jax.random.split(key)
-        actions, q_taken = act(params, net_obs, step_key, obs_transform)
-        obs, reward, terminated, truncated = env.step(np.asarray(actions), active=running)
+        actions, q_taken, key = act(params, net_obs, key, obs_transform)
+        actions, q_taken = jax.device_get((actions, q_taken))  # one transfer for both
+        obs, reward, terminated, truncated = env.step(actions, active=running)
         if gamma is not None:
-            taken.append(np.asarray(q_taken)), rewards.append(reward * running), alive.append(running.copy())
+            taken.append(q_taken), rewards.append(reward * running), alive.append(running.copy())
         returns += reward * running
         running &= ~(terminated | truncated)
         if not running.any():
@@ -2147,17 +2150,21 @@ def evaluate_policies(
 def _act_fn(net: nn.Module, members: int, num_episodes: int, epsilon: float):
     # The transform is an argument, not a constant: a transform that is a pytree (the robustness
     # study's perturbations: kind static, level a leaf) compiles once for all its levels.
+    # The key is split inside the program, as the loop would split it outside: the same keys, one
+    # dispatch a step fewer (an eager split costs about as much as a third of a bsuite step).
     @jax.jit
     def act(params, obs, key, obs_transform):
-        transform_key, explore_key, random_key = jax.random.split(key, 3)
+        key, step_key = jax.random.split(key)
+        transform_key, explore_key, random_key = jax.random.split(step_key, 3)
         if obs_transform is not None:
             obs = obs_transform(transform_key, obs)
         obs = obs.reshape(members, num_episodes, *obs.shape[1:])
         q = jax.vmap(lambda p, o: net.apply(p, o)[0])(params, obs).reshape(members * num_episodes, -1)
-        greedy = jnp.argmax(q, axis=-1)
-        explore = jax.random.uniform(explore_key, greedy.shape) < epsilon
-        actions = jnp.where(explore, jax.random.randint(random_key, greedy.shape, 0, q.shape[-1]), greedy)
-        return actions, jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0]
+        actions = jnp.argmax(q, axis=-1)
+        if epsilon > 0:  # a greedy policy draws nothing (drawing costs more than the MLP's forward pass)
+            explore = jax.random.uniform(explore_key, actions.shape) < epsilon
+            actions = jnp.where(explore, jax.random.randint(random_key, actions.shape, 0, q.shape[-1]), actions)
+        return actions, jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0], key
 
     return act
 

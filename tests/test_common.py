@@ -573,6 +573,21 @@ def test_evaluate_policies_shapes_and_transform_hook():
     np.testing.assert_array_equal(C.Evaluator("bsuite/catch", 4, seed=0)(net, params)["return"], returns.mean(axis=1))
 
 
+def test_evaluation_compiles_its_policy_once():
+    """The parameters an evaluation gets live on one device (C.unsharded); the policy carries the
+    key from step to step, so the first key must live there too, or the second step compiles the
+    policy again (the robustness smoke run compiled 12 policies instead of 6)."""
+    net = C.MLP(3, (8,))
+    params = jax.vmap(lambda k: net.init(k, jnp.zeros((1, 10, 5))))(jax.random.split(jax.random.key(0), 2))
+    params = jax.device_put(params, jax.local_devices()[0])
+    C._act_fn.cache_clear()
+    first, _ = C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0, epsilon=0.5)
+    C.evaluate_policies(net, params, "bsuite/catch", 4, seed=1, epsilon=0.5)
+    assert C._act_fn(net, 2, 4, 0.5)._cache_size() == 1
+    again, _ = C.evaluate_policies(net, params, "bsuite/catch", 4, seed=0, epsilon=0.5)
+    np.testing.assert_array_equal(first, again)
+
+
 def test_evaluation_skips_finished_minatar_episodes_without_changing_results(monkeypatch):
     """The evaluator steps only the MinAtar envs whose first episode still runs. The returns and
     value errors must be exactly those of stepping every env, with fewer env steps."""
