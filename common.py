@@ -1318,6 +1318,9 @@ def init_learners(net: nn.Module, sample_obs: Array, keys: Array, learning_rates
     learning rates of one seed) start from the same weights. A stateful ``loss`` gets its
     ``init_state``."""
     key_data = jnp.stack([jax.random.key_data(k) for k in keys])
+    # A loss enters the program only through its init_state: the others share one program (so
+    # initial_params, which knows no loss, reuses the trainer's).
+    loss = loss if hasattr(loss, "init_state") else None
     return _init_fn(net, optimizer, loss)(jnp.asarray(sample_obs), key_data, jnp.asarray(learning_rates, jnp.float32))
 
 
@@ -1341,8 +1344,13 @@ def seed_keys(seeds: Iterable[int]) -> list[Array]:
 
 def initial_params(net: nn.Module, sample_obs: Array, seeds: Sequence[int]) -> PyTree:
     """Stacked initial parameters of learners with these seeds: the weights the offline trainer
-    starts them from (drawn by ``init_learners`` itself, so the two can never disagree)."""
-    return init_learners(net, sample_obs, seed_keys(seeds), [0.0] * len(seeds), "adam").params
+    starts them from (drawn by ``init_learners`` itself, so the two can never disagree). Drawn for
+    as many members as the trainer draws (its padding, ``member_padding``), then cut: the trainer's
+    compiled initialisation serves both (each member's draw is its own, whatever the count)."""
+    seeds = list(seeds)
+    padded = seeds + seeds[-1:] * member_padding(len(seeds))
+    params = init_learners(net, sample_obs, seed_keys(padded), [0.0] * len(padded), "adam").params
+    return jax.tree_util.tree_map(lambda x: x[:len(seeds)], params)
 
 
 GradientRule = Callable[[Callable[[PyTree], tuple[Array, dict]], PyTree, Mapping[str, Array]],

@@ -416,9 +416,9 @@ TINY = C.TrainConfig(num_steps=200, chunk_steps=50, batch_size=16, optimizer="ad
 DQN = C.DoubleDQN(gamma=0.99)
 
 
-def _train(members, cfg=TINY, loss=DQN, **kw):
+def _train(members, cfg=TINY, loss=DQN, net=None, **kw):
     ds = _toy_dataset()
-    return C.train_offline(C.MLP(ds.num_actions, (16, 16)), ds, loss, members, cfg, progress=False,
+    return C.train_offline(net or C.MLP(ds.num_actions, (16, 16)), ds, loss, members, cfg, progress=False,
                            columns={"study": "test", "env": "bsuite/catch", "agent": "dqn"}, **kw)
 
 
@@ -531,6 +531,24 @@ def test_the_gradient_rule_is_the_trainers_hook():
     start = C.initial_params(C.MLP(3, (16, 16)), jnp.zeros((1, 4)), [0])
     for a, b in zip(jax.tree_util.tree_leaves(result.state.params), jax.tree_util.tree_leaves(start)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_initial_params_reuse_the_trainers_compiled_initialisation(monkeypatch):
+    """exp_activation reads the trainer's initial weights of every network (initial_params): they
+    come from the trainer's own compiled program (about a second to compile per network), for any
+    number of seeds (the trainer pads them to the device count: here as if on 2 devices)."""
+    monkeypatch.setattr(C, "member_padding", lambda n: n % 2)
+    net = C.MLP(3, (16, 16), "tanh")  # a network no other test trains: its own programs
+    seeds = [0, 1, 2]
+    result = _train([C.Member(s, 1e-2) for s in seeds], cfg=dataclasses.replace(TINY, num_steps=50), net=net)
+    init = C._init_fn(net, "adam", None)
+    compiled = init._cache_size()
+    start = C.initial_params(net, _toy_dataset().obs[:1], seeds)
+    assert init._cache_size() == compiled == 1
+    trained_from = C.init_learners(net, _toy_dataset().obs[:1], C.seed_keys(seeds), [1e-2] * 3, "adam").params
+    for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(trained_from)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jax.tree_util.tree_leaves(result.state.params)[0].shape[0] == 3
 
 
 def test_chunk_plan_splits_the_first_chunk():
