@@ -343,14 +343,21 @@ def main(args: Args) -> None:
     rows.append({"name": "bsuite_cartpole_env_steps_per_s_600_envs", "env_steps_per_s": round(env_rates["batched"]),
                  "bsuite_loop_env_steps_per_s": round(env_rates["loop"]),
                  "speedup_vs_bsuite_loop": round(env_rates["batched"] / env_rates["loop"], 1)})
-    for env_id, net, shape in (("bsuite/catch", mlp, (1, 10, 5)), ("minatar/breakout", C.MinAtarCNN(3), (1, 10, 10, 4))):
-        params = jax.vmap(lambda k: net.init(k, jnp.zeros(shape)))(jax.random.split(jax.random.key(0), 4))
-        C.evaluate_policies(net, params, env_id, 2, seed=0, max_steps=50)  # compile
-        episodes = 8
-        start = time.perf_counter()
-        C.evaluate_policies(net, params, env_id, episodes, seed=1, max_steps=2_000)
-        rows.append({"name": f"eval_episodes_per_s_{env_id.split('/')[0]}",
-                     "episodes_per_s": round(4 * episodes / (time.perf_counter() - start), 1)})
+    # Evaluation as dataset_size's studies call it (members x 8 greedy episodes, with the value
+    # error), on parameters at their initialisation, the policy compiled beforehand. mountain_car
+    # pays -1 a step, so its lowest return is the number of steps the evaluation loop ran.
+    for env_id, members, shape in (("bsuite/mountain_car", 20, (1, 1, 3)), ("minatar/breakout", 25, (1, 10, 10, 4))):
+        net = C.default_network(env_id, 3)
+        params = C.initial_params(net, jnp.zeros(shape), list(range(members)))
+        C.evaluate_policies(net, params, env_id, 8, seed=0, max_steps=2, gamma=0.99)  # compile
+        start, steps, repeats = time.perf_counter(), 0, 1 if args.quick else 3
+        for seed in range(1, 1 + repeats):
+            returns, _ = C.evaluate_policies(net, params, env_id, 8, seed=seed, gamma=0.99)
+            steps += int(-returns.min()) if env_id == "bsuite/mountain_car" else 0
+        seconds = (time.perf_counter() - start) / repeats
+        per_step = {"ms_per_step": round(1e3 * seconds * repeats / steps, 3)} if steps else {}
+        rows.append({"name": f"eval_{env_id.split('/')[1]}_{members}x8",
+                     "episodes_per_s": round(members * 8 / seconds, 1), **per_step})
     for name, ds, frame in (("minatar", minatar, 10 * 10 * 4), ("atari", atari, 84 * 84)):
         per = ds.nbytes() / ds.obs.shape[0]
         rows.append({"name": f"bytes_per_transition_{name}", "bytes": round(per, 1),
