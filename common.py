@@ -2114,10 +2114,11 @@ def evaluate_policies(
     compiled policy, so transforms that differ only in its leaves share one program; ``history`` > 1
     feeds the last ``history`` observations (zero before the episode start) to recurrent agents.
     """
-    members = jax.tree_util.tree_leaves(params)[0].shape[0]
+    leaf = jax.tree_util.tree_leaves(params)[0]
+    members = leaf.shape[0]
     env = make_env(env_id, members * num_episodes, seed)
     key = jax.random.key(seed)
-    devices = list(jax.tree_util.tree_leaves(params)[0].sharding.device_set)
+    devices = list(leaf.sharding.device_set) if isinstance(leaf, jax.Array) else []
     if len(devices) == 1:  # committed there, as the keys act returns are: else the steps after the
         key = jax.device_put(key, devices[0])  # first would compile the policy a second time
     act = _act_fn(net, members, num_episodes, epsilon)

@@ -538,7 +538,8 @@ def test_initial_params_reuse_the_trainers_compiled_initialisation(monkeypatch):
     come from the trainer's own compiled program (about a second to compile per network), for any
     number of seeds (the trainer pads them to the device count: here as if on 2 devices)."""
     monkeypatch.setattr(C, "member_padding", lambda n: n % 2)
-    net = C.MLP(3, (16, 16), "tanh")  # a network no other test trains: its own programs
+    C._init_fn.cache_clear()
+    net = C.MLP(3, (16, 16), "tanh")
     seeds = [0, 1, 2]
     result = _train([C.Member(s, 1e-2) for s in seeds], cfg=dataclasses.replace(TINY, num_steps=50), net=net)
     init = C._init_fn(net, "adam", None)
