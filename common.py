@@ -2160,7 +2160,7 @@ def _act_fn(net: nn.Module, members: int, num_episodes: int, epsilon: float):
     # The transform is an argument, not a constant: a transform that is a pytree (the robustness
     # study's perturbations: kind static, level a leaf) compiles once for all its levels.
     # The key is split inside the program, as the loop would split it outside: the same keys, one
-    # dispatch a step fewer (an eager split costs about as much as a third of a bsuite step).
+    # dispatch a step fewer (an eager split cost ~70 us of a ~500 us mountain_car step, 160 envs).
     @jax.jit
     def act(params, obs, key, obs_transform):
         key, step_key = jax.random.split(key)
@@ -2170,7 +2170,7 @@ def _act_fn(net: nn.Module, members: int, num_episodes: int, epsilon: float):
         obs = obs.reshape(members, num_episodes, *obs.shape[1:])
         q = jax.vmap(lambda p, o: net.apply(p, o)[0])(params, obs).reshape(members * num_episodes, -1)
         actions = jnp.argmax(q, axis=-1)
-        if epsilon > 0:  # a greedy policy draws nothing (drawing costs more than the MLP's forward pass)
+        if epsilon > 0:  # a greedy policy draws nothing (the draws cost ~20 us of a ~185 us policy call)
             explore = jax.random.uniform(explore_key, actions.shape) < epsilon
             actions = jnp.where(explore, jax.random.randint(random_key, actions.shape, 0, q.shape[-1]), actions)
         return actions, jnp.take_along_axis(q, actions[:, None], axis=-1)[:, 0], key
