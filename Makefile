@@ -18,11 +18,12 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions
 # The bsuite studies whose `long` preset runs on a 2-core CPU (measured: activation 28 min at 29086f1,
 # tandem 47 at d92808a, lr_sweep 115 for its DQN and BC sweeps at ff9b928, the
-# batch-size study left out, and exp_interventions' memory-task study alone, 58 at 59621fd; the
-# README's run-times table has the current figures); the MinAtar studies' `long` presets are meant
-# for a GPU:
+# batch-size study left out, exp_interventions' memory-task study alone, 58 at 59621fd, and
+# exp_dataset_size's data-quality study alone; the README's run-times table has the current
+# figures); the MinAtar studies' `long` presets are meant for a GPU:
 # python exp_robustness.py --preset long
-LONG    := exp_lr_sweep exp_activation exp_tandem exp_interventions
+LONG    := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_interventions
+LONG_ARGS_exp_dataset_size := --studies quality
 LONG_ARGS_exp_interventions := --studies memory
 
 .PHONY: setup test unit smoke figures replicate long readme bench clean $(SCRIPTS) $(LONG:%=%-long)

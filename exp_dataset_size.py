@@ -70,6 +70,10 @@ class Config:
     """Learning rates of the data-quality study (phases depend on them too)."""
     quality_steps: int = 50_000
     """Gradient steps per run of the data-quality study."""
+    quality_dataset_size: int = 50_000
+    """Transitions in each of the data-quality study's datasets (the bsuite studies' 50k at every
+    preset: the size study's ``dataset_size``, 1e6 at ``long`` and DQN Replay at ``paper``, is not
+    the quality study's)."""
     studies: tuple[SubStudy, ...] = ("size", "quality")
     """What to run: the dataset-size study and the data-quality study."""
     gamma: float = 0.99
@@ -91,7 +95,8 @@ class Config:
         C.require(not any(e.startswith("atari/") for e in self.quality_env),
                   "--quality-env: the data-quality study collects its datasets: use bsuite/ or minatar/ ids")
         C.require_positive(self, "seeds", "learning_rate", "num_steps", "chunk_steps", "eval_every", "eval_episodes",
-                           "batch_size", "target_update_period", "probe_size", "quality_lrs", "quality_steps")
+                           "batch_size", "target_update_period", "probe_size", "quality_lrs", "quality_steps",
+                           "quality_dataset_size")
         C.require_fraction(self, "fractions", "weak_learning_fraction")
         C.require(all(0 <= n <= 1 for n in self.quality_noises), "--quality-noises must be in [0, 1]")
         C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
@@ -125,7 +130,8 @@ PRESETS = {
     "smoke": Config(env=("bsuite/catch",), seeds=2, num_steps=600, chunk_steps=200, early_chunk_steps=100,
                     eval_every=200, eval_episodes=2, fractions=(0.05, 0.5, 1.0), learning_rate=3e-4, batch_size=32,
                     target_update_period=100, dataset_noise=0.1, dataset_size=2_000, quality_env=("bsuite/catch",),
-                    quality_noises=(0.0, 0.5), quality_lrs=(3e-4, 3e-3), quality_steps=600),
+                    quality_noises=(0.0, 0.5), quality_lrs=(3e-4, 3e-3), quality_steps=600,
+                    quality_dataset_size=2_000),
 }
 
 
@@ -163,7 +169,7 @@ def run(cfg: Config, out: Path, timings: C.Timings) -> None:
             datasets = [(noise, 1.0) for noise in cfg.quality_noises] + [(cfg.dataset_noise, cfg.weak_learning_fraction)]
             for noise, learned in datasets:
                 with timings("collect"):
-                    ds = C.collect_dataset(env_id, noise, cfg.dataset_size, C.DATA_SEED,
+                    ds = C.collect_dataset(env_id, noise, cfg.quality_dataset_size, C.DATA_SEED,
                                            cfg=C.CollectConfig(learning_fraction=learned))
                 columns = {"study": "quality", "noise": noise, "behaviour_training": learned}
                 rows.append({**columns, "env": env_id, "agent": "behaviour", "seed": 0, "step": 0, "metric": "return",
