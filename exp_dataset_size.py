@@ -13,8 +13,8 @@ ends in), 29 (value error against srank per dataset quality).
 
 Data quality, as in the RL Unplugged bsuite recipe: the behaviour agent (an online DQN, the one
 collect_dataset trains) has its action replaced by a random one with probability 0, 0.1, 0.3 or 0.5;
-a weak behaviour is the same agent whose training stopped after ``weak_learning_fraction`` of the
-collection (it then keeps acting with what it had learned).
+a weak behaviour is the same agent (with action noise ``weak_noise``) whose training stopped after
+``weak_learning_fraction`` of the collection (it then keeps acting with what it had learned).
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ class Config:
     """Action-noise levels of the data-quality study's datasets (the RL Unplugged bsuite recipe)."""
     weak_learning_fraction: float = 0.1
     """The weak behaviour policy learns during this fraction of its collection only."""
+    weak_noise: float = 0.1
+    """Probability of a random action in the weak behaviour policy (the size study's dataset_noise
+    is 0 at ``paper``, where its data are DQN Replay's)."""
     quality_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
     """Learning rates of the data-quality study (phases depend on them too)."""
     quality_steps: int = 50_000
@@ -98,7 +101,8 @@ class Config:
                            "batch_size", "target_update_period", "probe_size", "quality_lrs", "quality_steps",
                            "quality_dataset_size")
         C.require_fraction(self, "fractions", "weak_learning_fraction")
-        C.require(all(0 <= n <= 1 for n in self.quality_noises), "--quality-noises must be in [0, 1]")
+        C.require(all(0 <= n <= 1 for n in (*self.quality_noises, self.weak_noise)),
+                  "--quality-noises and --weak-noise must be in [0, 1]")
         C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
         for steps in ("num_steps", "quality_steps"):
             C.require_multiple(self, steps, "chunk_steps")
@@ -166,7 +170,7 @@ def run(cfg: Config, out: Path, timings: C.Timings) -> None:
             rows += train(cfg, out, timings, env_id, ds, members, cfg.num_steps, {"study": "size"}, order)
     if "quality" in cfg.studies:
         for env_id in cfg.quality_env:
-            datasets = [(noise, 1.0) for noise in cfg.quality_noises] + [(cfg.dataset_noise, cfg.weak_learning_fraction)]
+            datasets = [(noise, 1.0) for noise in cfg.quality_noises] + [(cfg.weak_noise, cfg.weak_learning_fraction)]
             for noise, learned in datasets:
                 with timings("collect"):
                     ds = C.collect_dataset(env_id, noise, cfg.quality_dataset_size, C.DATA_SEED,

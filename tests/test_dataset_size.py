@@ -2,30 +2,29 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 import exp_dataset_size as D
 
 
-class Collected(Exception):
-    """Stops run() at its first collection, so the test trains nothing."""
-
-
 @pytest.mark.parametrize("preset", ["cpu", "long", "paper"])
-def test_the_quality_study_collects_datasets_of_its_own_size(preset, monkeypatch, tmp_path):
-    """The size study's dataset_size is MinAtar's 1e6 at `long` and 0 (DQN Replay) at `paper`; the
-    quality study collects bsuite datasets of quality_dataset_size at every preset instead."""
-    sizes = []
+def test_the_quality_study_collects_the_same_datasets_at_every_preset(preset, monkeypatch, tmp_path):
+    """The size study's dataset_size is MinAtar's 1e6 at `long` and 0 (DQN Replay) at `paper`, and its
+    dataset_noise is 0 at `paper`; the quality study's bsuite datasets have their own size and weak
+    behaviour's noise, the same at every preset. Nothing is collected or trained: the calls are recorded."""
+    calls = []
 
-    def collect(env_id, noise, num_transitions, *args, **kwargs):
-        sizes.append(num_transitions)
-        raise Collected
+    def collect(env_id, noise, num_transitions, seed, cfg):
+        calls.append((env_id, noise, num_transitions, cfg.learning_fraction))
 
     monkeypatch.setattr(D.C, "collect_dataset", collect)
-    cfg = dataclasses.replace(D.PRESETS[preset], studies=("quality",))
-    with pytest.raises(Collected):
-        D.run(cfg, tmp_path, D.C.Timings())
-    assert sizes == [cfg.quality_dataset_size] and cfg.quality_dataset_size == 50_000
+    monkeypatch.setattr(D.C, "episode_returns", lambda ds: np.zeros(1))
+    monkeypatch.setattr(D, "train", lambda *args, **kwargs: [])
+    D.run(dataclasses.replace(D.PRESETS[preset], studies=("quality",)), tmp_path, D.C.Timings())
+    expected = [(env, noise, 50_000, fraction) for env in ("bsuite/cartpole", "bsuite/mountain_car")
+                for noise, fraction in ((0.0, 1.0), (0.1, 1.0), (0.3, 1.0), (0.5, 1.0), (0.1, 0.1))]
+    assert calls == expected
 
 
 def test_a_quality_study_without_data_is_rejected():
