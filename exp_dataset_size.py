@@ -59,7 +59,7 @@ class Config:
     dataset_noise: float
     """Collection of the dataset-size study's data: probability of a random action in the behaviour policy."""
     dataset_size: int
-    """Transitions in each locally collected dataset (the 100% dataset)."""
+    """Transitions in the dataset-size study's locally collected dataset (the 100% dataset)."""
     quality_env: tuple[str, ...] = ("bsuite/cartpole", "bsuite/mountain_car")
     """Environments of the data-quality study."""
     quality_noises: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5)
@@ -74,8 +74,8 @@ class Config:
     quality_steps: int = 50_000
     """Gradient steps per run of the data-quality study."""
     quality_dataset_size: int = 50_000
-    """Transitions in each of the data-quality study's datasets (the bsuite studies' 50k at every
-    preset: the size study's ``dataset_size``, 1e6 at ``long`` and DQN Replay at ``paper``, is not
+    """Transitions in each of the data-quality study's datasets (the bsuite studies' 50k at cpu, long
+    and paper: the size study's ``dataset_size``, 1e6 at ``long`` and DQN Replay at ``paper``, is not
     the quality study's)."""
     studies: tuple[SubStudy, ...] = ("size", "quality")
     """What to run: the dataset-size study and the data-quality study."""
@@ -123,7 +123,8 @@ PRESETS = {
                   early_chunk_steps=100, eval_every=2_000, eval_episodes=8, fractions=FRACTIONS, learning_rate=3e-4,
                   batch_size=32, target_update_period=1_000, dataset_noise=0.1, dataset_size=50_000),
     # MinAtar at 1e6 gradient steps (the paper's bsuite length; for a GPU) and the quality study at bsuite's 1e6
-    # (alone, --studies quality, it took 73 min on 2 CPU cores at 742f45d: `make exp_dataset_size-long`).
+    # gradient steps on its 50k datasets (alone, --studies quality, 72.5 min on 2 CPU cores at 742f45d:
+    # `make exp_dataset_size-long`).
     "long": Config(env=("minatar/breakout", "minatar/space_invaders"), seeds=5, num_steps=1_000_000, chunk_steps=5_000,
                    early_chunk_steps=100, eval_every=100_000, eval_episodes=10, fractions=FRACTIONS,
                    learning_rate=3e-4, batch_size=32, target_update_period=2_500, dataset_noise=0.1,

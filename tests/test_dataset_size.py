@@ -15,7 +15,7 @@ def test_the_quality_study_collects_the_same_datasets_at_every_preset(preset, mo
     behaviour's noise, the same at every preset. Nothing is collected or trained: the calls are recorded."""
     calls = []
 
-    def collect(env_id, noise, num_transitions, seed, cfg):
+    def collect(env_id, noise, num_transitions, seed, *, cfg):  # cfg by keyword: the 5th parameter is history
         calls.append((env_id, noise, num_transitions, cfg.learning_fraction))
 
     monkeypatch.setattr(D.C, "collect_dataset", collect)
@@ -27,6 +27,8 @@ def test_the_quality_study_collects_the_same_datasets_at_every_preset(preset, mo
     assert calls == expected
 
 
-def test_a_quality_study_without_data_is_rejected():
-    with pytest.raises(ValueError, match="--quality-dataset-size must be > 0"):
-        dataclasses.replace(D.PRESETS["cpu"], quality_dataset_size=0).check()
+@pytest.mark.parametrize("setting, value, message", [("quality_dataset_size", 0, "--quality-dataset-size must be > 0"),
+                                                     ("weak_noise", 1.5, "--weak-noise must be in")])
+def test_a_quality_study_without_data_or_with_an_impossible_noise_is_rejected(setting, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(D.PRESETS["cpu"], **{setting: value}).check()

@@ -76,14 +76,16 @@ def test_committed_claims_are_what_the_code_computes():
             f"{run.relative_to(REPO)}` and commit"
 
 
-def fake_run(directory: Path, verdicts: dict[str, str], machine: str, seeds: int = 5, dirty: bool = False) -> None:
+def fake_run(directory: Path, verdicts: dict[str, str], machine: str, seeds: int = 5, dirty: bool = False,
+             settings: dict | None = None) -> None:
     """A committed run's meta.json and claims.json: one claim, one verdict per environment."""
     import json
 
     directory.mkdir(parents=True)
+    config = {"seeds": seeds, **(settings or {})}
     (directory / "meta.json").write_text(json.dumps({"preset": "cpu", "wall_seconds": 60.0, "machine": machine,
                                                      "git_commit": "0123456789", "git_dirty": dirty, "num_devices": 2,
-                                                     "device": "cpu:0", "config": {"seeds": seeds}}))
+                                                     "device": "cpu:0", "config": config}))
     evidence = [{"env": env, "verdict": v, "value": 1.0, "low": 0.5, "high": 1.5, "p": 0.03, "n": 5, "note": ""}
                 for env, v in verdicts.items()]
     overall = "held" if all(v == "held" for v in verdicts.values()) else "inconclusive"
@@ -127,6 +129,21 @@ def test_a_replicate_of_other_settings_is_not_compared(tmp_path, monkeypatch):
     table = U.replicates_table()
     assert "`exp_tandem` is not compared: its reference run has other settings (seeds)" in table
     assert "repeated 0 of 0 overall verdicts" in table
+
+
+def test_a_setting_added_since_the_reference_run_is_compared_at_its_default(tmp_path, monkeypatch):
+    """A reference run made before a setting existed used what its default keeps; a replicate that
+    records the setting at that default repeats the reference's settings, at another value it does not."""
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem",))
+    fake_run(tmp_path / "exp_tandem" / "cpu", {"bsuite/catch": "held"}, "machine A")
+    fake_run(tmp_path / "replicates" / "new" / "exp_tandem", {"bsuite/catch": "held"}, "B", settings={"gamma": 0.99})
+    assert "repeated 1 of 1 overall verdicts" in U.replicates_table()
+    fake_run(tmp_path / "replicates" / "other" / "exp_tandem", {"bsuite/catch": "held"}, "C", settings={"gamma": 0.9})
+    assert "`exp_tandem` is not compared: its reference run has other settings (gamma)" in U.replicates_table()
 
 
 def test_a_run_with_uncommitted_changes_says_so_in_the_run_times(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ Nothing there is typed by hand.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import math
@@ -109,6 +110,16 @@ def claims_of(run: Path) -> dict[str, dict]:
     return {c["id"]: c for c in json.loads((run / "claims.json").read_text())}
 
 
+def settings(script: str, config: dict) -> dict:
+    """A run's settings, each setting added to the script since the run at its default: a new
+    setting's default keeps what the code did before it (refactors keep results), so that is what
+    the older run used."""
+    sys.path.insert(0, str(REPO))
+    fields = dataclasses.fields(type(__import__(script).PRESETS["cpu"]))
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    return json.loads(json.dumps({**defaults, **config}))  # tuples as meta.json's lists
+
+
 def compare_replicate(scripts: dict[str, Path]) -> dict:
     """A replicate's claims against the reference runs of the same preset and settings: the overall
     verdicts and per-environment verdicts compared and repeated, and each per-environment pair that
@@ -125,8 +136,8 @@ def compare_replicate(scripts: dict[str, Path]) -> dict:
         if (script, preset) not in reference_runs:
             continue
         reference_meta = json.loads((reference_runs[script, preset] / "meta.json").read_text())
-        config = reference_meta["config"]
-        changed = sorted(k for k in {*config, *meta["config"]} if config.get(k) != meta["config"].get(k))
+        config, theirs = settings(script, reference_meta["config"]), settings(script, meta["config"])
+        changed = sorted(k for k in {*config, *theirs} if config.get(k) != theirs.get(k))
         if changed:
             counts["changed"][script] = changed
             continue
