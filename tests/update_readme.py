@@ -110,12 +110,17 @@ def claims_of(run: Path) -> dict[str, dict]:
     return {c["id"]: c for c in json.loads((run / "claims.json").read_text())}
 
 
+def presets_of(script: str) -> dict:
+    """The script's PRESETS (its module imported from the repository root)."""
+    sys.path.insert(0, str(REPO))
+    return __import__(script).PRESETS
+
+
 def settings(script: str, config: dict) -> dict:
     """A run's settings, each setting added to the script since the run at its default: a new
     setting's default keeps what the code did before it (refactors keep results), so that is what
     the older run used."""
-    sys.path.insert(0, str(REPO))
-    fields = dataclasses.fields(type(__import__(script).PRESETS["cpu"]))
+    fields = dataclasses.fields(type(presets_of(script)["cpu"]))
     defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
     return json.loads(json.dumps({**defaults, **config}))  # tuples as meta.json's lists
 
@@ -235,8 +240,7 @@ def not_run(script: str, preset: str) -> str:
     """Why a claim has no verdict at a preset: its sub-study is not part of that preset, or the
     reference run narrowed the preset's sub-studies (``--studies``), or the preset was not run here
     (the MinAtar and Atari studies' `long` presets are meant for a GPU)."""
-    sys.path.insert(0, str(REPO))
-    cfg = __import__(script).PRESETS[preset]
+    cfg = presets_of(script)[preset]
     families = {env.split("/")[0] for env in getattr(cfg, "env", ())}
     where = "meant for a GPU" if families & {"minatar", "atari"} else "no reference run yet"
     meta = REFERENCE / script / preset / "meta.json"
@@ -398,12 +402,10 @@ def constants_table() -> str:
 
 def presets_table() -> str:
     """Each script's `cpu` and `long` presets: environments, seeds, training length, sub-studies."""
-    sys.path.insert(0, str(REPO))
     lines = ["| script | preset | environments | seeds | length | sub-studies |", "|---|---|---|---|---|---|"]
     for script in SCRIPTS:
-        module = __import__(script)
         for preset in PRESETS:
-            cfg = module.PRESETS[preset]
+            cfg = presets_of(script)[preset]
             envs = ", ".join(e for e in cfg.env)
             length = (f"{cfg.num_env_steps:,} env steps" if hasattr(cfg, "num_env_steps")
                       else f"{cfg.num_steps:,} gradient steps")
