@@ -103,10 +103,14 @@ class Config:
         C.require_fraction(self, "fractions", "weak_learning_fraction")
         C.require(all(0 <= n <= 1 for n in (*self.quality_noises, self.weak_noise)),
                   "--quality-noises and --weak-noise must be in [0, 1]")
-        C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
-        for steps in ("num_steps", "quality_steps"):
-            C.require_multiple(self, steps, "chunk_steps")
-            C.require_multiple(self, steps, "eval_every")
+        # The run lengths and the size study's data are checked only for the sub-studies that run (as
+        # exp_activation does), so a quality-only run does not need the size study's to divide evenly.
+        if "size" in self.studies:
+            C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
+        for study, steps in (("size", "num_steps"), ("quality", "quality_steps")):
+            if study in self.studies:
+                C.require_multiple(self, steps, "chunk_steps")
+                C.require_multiple(self, steps, "eval_every")
         C.require_multiple(self, "eval_every", "chunk_steps")
         if self.early_chunk_steps:
             C.require_multiple(self, "chunk_steps", "early_chunk_steps")

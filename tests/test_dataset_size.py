@@ -32,3 +32,15 @@ def test_the_quality_study_collects_the_same_datasets_at_every_preset(preset, mo
 def test_a_quality_study_without_data_or_with_an_impossible_noise_is_rejected(setting, value, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(D.PRESETS["cpu"], **{setting: value}).check()
+
+
+@pytest.mark.parametrize("studies, rejected", [(("quality",), False), (("size",), True), (("size", "quality"), True)])
+def test_the_size_studys_length_and_data_are_checked_only_when_it_runs(studies, rejected):
+    """--num-steps and --dataset-size belong to the size study: a quality-only run ignores them."""
+    for bad in ({"num_steps": 20_001}, {"dataset_size": 0}):
+        cfg = dataclasses.replace(D.PRESETS["cpu"], studies=studies, **bad)
+        if rejected:
+            with pytest.raises(ValueError, match="--num-steps|--dataset-size"):
+                cfg.check()
+        else:
+            cfg.check()
