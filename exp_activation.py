@@ -166,7 +166,7 @@ PRESETS = {
     # The paper's length (1e6 gradient steps; the Hessian after 9e5, as in Appendix A.2) and 5 seeds for
     # the four feed-forward sub-studies, whose claims are about the end of long training (the ReLU
     # collapse, dead and sparse units; the Hessian spectrum; the deep and the narrow networks' collapse
-    # and poor returns): about 110 minutes on 2 cores (the README's run-times table has the measured
+    # and poor returns): 128 minutes on 2 cores at 3ffd27d (the README's run-times table has the current
     # figure). The LSTM study is left out: its scan over the episode makes a step about 20 times a
     # 2x64 MLP's (22 s per 5,000 steps of 5 members), so 1e6 steps would take 2.5 hours more on 2
     # cores (the `paper` preset runs it).
