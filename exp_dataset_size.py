@@ -104,7 +104,7 @@ class Config:
         C.require(all(0 <= n <= 1 for n in (*self.quality_noises, self.weak_noise)),
                   "--quality-noises and --weak-noise must be in [0, 1]")
         # The run lengths and the size study's data are checked only for the sub-studies that run (as
-        # exp_activation does), so a quality-only run does not need the size study's to divide evenly.
+        # exp_activation does), so a quality-only run is not refused over the size study's length or data.
         if "size" in self.studies:
             C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
         for study, steps in (("size", "num_steps"), ("quality", "quality_steps")):
