@@ -163,19 +163,18 @@ PRESETS = {
     "cpu": Config(env=BSUITE, seeds=5, num_steps=60_000, depth_steps=30_000, bottleneck_steps=40_000,
                   recurrent_steps=10_000, hessian_steps=60_000, chunk_steps=1_000, early_chunk_steps=100,
                   num_evals=10, eval_episodes=10, dataset_size=50_000),
-    # The paper's length (1e6 gradient steps; the Hessian after 9e5, as in Appendix A.2) and 5 seeds for
-    # the four feed-forward sub-studies, whose claims are about the end of long training (the ReLU
-    # collapse, dead and sparse units; the Hessian spectrum; the deep and the narrow networks' collapse
-    # and poor returns): 128 minutes on 2 cores at 3ffd27d (the README's run-times table has the current
-    # figure). The LSTM study is left out: its scan over the episode makes a step about 20 times a
-    # 2x64 MLP's (22 s per 5,000 steps of 5 members), so 1e6 steps would take 2.5 hours more on 2
-    # cores (the `paper` preset runs it).
+    # The paper's length and 5 seeds: 1e6 gradient steps for the four feed-forward sub-studies, whose
+    # claims are about the end of long training (the ReLU collapse, dead and sparse units; the Hessian
+    # spectrum, after 9e5 steps as in Appendix A.2; the deep and the narrow networks' collapse and poor
+    # returns): 128 minutes on 2 cores at 3ffd27d. The paper trains its DeepMind Lab LSTM for 2e4 steps
+    # (Appendix A.12); the LSTM study trains 1e5, the fewest that fit 20 evaluations at 5,000-step
+    # chunks (its scan over 11 observations makes a step about 20 times a 2x64 MLP's). The README's
+    # run-times table has the current figures.
     "long": Config(env=BSUITE, seeds=5, num_steps=1_000_000, depth_steps=1_000_000, bottleneck_steps=1_000_000,
-                   recurrent_steps=10_000, hessian_steps=900_000, chunk_steps=5_000, early_chunk_steps=500,
-                   num_evals=20, eval_episodes=10, dataset_size=50_000,
-                   studies=("activation", "hessian", "depth", "bottleneck")),
+                   recurrent_steps=100_000, hessian_steps=900_000, chunk_steps=5_000, early_chunk_steps=500,
+                   num_evals=20, eval_episodes=10, dataset_size=50_000),
     "paper": Config(env=BSUITE, seeds=5, num_steps=1_000_000, depth_steps=1_000_000, bottleneck_steps=1_000_000,
-                    recurrent_steps=1_000_000, hessian_steps=900_000, chunk_steps=5_000, early_chunk_steps=500,
+                    recurrent_steps=100_000, hessian_steps=900_000, chunk_steps=5_000, early_chunk_steps=500,
                     num_evals=20, eval_episodes=20, dataset_size=50_000),
     "smoke": Config(env=("bsuite/catch",), seeds=2, num_steps=400, depth_steps=200, bottleneck_steps=200,
                     recurrent_steps=200, hessian_steps=200, chunk_steps=100, early_chunk_steps=0, num_evals=1,
