@@ -1762,6 +1762,8 @@ def make_chunk_fn(net: nn.Module, loss: Loss, gradient: GradientRule, optimizer:
     Each step gathers its own minibatch. Gathering 100 steps' minibatches at once (a scan over
     blocks of steps) measured 1.2-1.5x for one member (bit-identical) but 0.76x for the 60-member
     sweep on one and on two devices (not bit-identical), side by side on a 2-core CPU: not kept.
+    Remeasured by member count on two AMD EPYC devices (1, 2, 6, 10, 60 members): 1.11x, 1.01x,
+    0.98x, 0.99x, 0.91x, so a gain for a lone member only, which no study trains.
     Unrolling the scan (``unroll=4``) gave the same bits at 1.04x for one member and 0.91x for the
     60-member sweep (one device, AMD EPYC, 2 cores): not kept either."""
     opt = make_optimizer(optimizer)
