@@ -62,8 +62,10 @@ def test_redrawing_keeps_committed_claims_unless_a_claim_changed(tmp_path):
 
 
 # One test per run, so the workers share them (all in one test took 89 s of a 474 s `make test`).
-@pytest.mark.parametrize(("script", "run"), reference_runs(),
-                         ids=[str(run.relative_to(REPO / "reference")) for _, run in reference_runs()])
+RUNS = reference_runs()
+
+
+@pytest.mark.parametrize(("script", "run"), RUNS, ids=[str(run.relative_to(REPO / "reference")) for _, run in RUNS])
 def test_committed_claims_are_what_the_code_computes(script, run):
     """Each reference run's claims.json is recomputed from its metrics.csv.gz and its resolved
     config: a change to a claim's statistic or rule must come with new reference verdicts."""
