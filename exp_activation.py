@@ -173,6 +173,7 @@ PRESETS = {
     "long": Config(env=BSUITE, seeds=5, num_steps=1_000_000, depth_steps=1_000_000, bottleneck_steps=1_000_000,
                    recurrent_steps=100_000, hessian_steps=900_000, chunk_steps=5_000, early_chunk_steps=500,
                    num_evals=20, eval_episodes=10, dataset_size=50_000),
+    # As `long`, with 20 evaluation episodes; the LSTM study at `long`'s 1e5 steps for the same reason.
     "paper": Config(env=BSUITE, seeds=5, num_steps=1_000_000, depth_steps=1_000_000, bottleneck_steps=1_000_000,
                     recurrent_steps=100_000, hessian_steps=900_000, chunk_steps=5_000, early_chunk_steps=500,
                     num_evals=20, eval_episodes=20, dataset_size=50_000),
