@@ -19,8 +19,9 @@ SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustnes
 # The bsuite studies whose `long` preset runs on a 2-core CPU (measured: activation 128 min at 3ffd27d
 # with its depth and bottleneck studies and 17 for its LSTM study at 1e8f734 (resuming the others),
 # tandem 47 at d92808a, lr_sweep 115 for its DQN and BC sweeps at ff9b928 and 27 for its batch-size
-# study at 51fe9ae (resuming the sweeps), exp_interventions' memory-task study alone, 58 at 59621fd, and
-# exp_dataset_size's data-quality study alone, 72.5 at 742f45d; the README's run-times table has the
+# study at 51fe9ae (resuming the sweeps), exp_interventions' memory-task study alone, about 59 + 15
+# at 88c6aa9 (a stopped run and the run that resumed it), and exp_dataset_size's data-quality study
+# alone, 72.5 at 742f45d; the README's run-times table has the
 # current figures); the MinAtar studies' `long` presets are meant for a GPU:
 # python exp_robustness.py --preset long
 LONG    := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_interventions

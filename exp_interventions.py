@@ -179,8 +179,10 @@ PRESETS = {
                   dataset_noise=0.1, dataset_size=50_000),
     # 1e5 gradient steps (10x cpu) and 2 seeds of the whole design, MinAtar datasets of 1e6
     # transitions: for a GPU (the 64 design runs, 32 per seed, are hours on a 2-core CPU). The memory-task
-    # study alone (--studies memory, bsuite) took 58 min on 2 CPU cores (3481 s at 59621fd; 75 min before
-    # ffc00f4): `make exp_interventions-long`.
+    # study alone (--studies memory, bsuite), `make exp_interventions-long`, takes about 73 min on the
+    # 2-core AMD EPYC: its CURL program about 59 min (176 s per chunk) in a run that was stopped and its
+    # SAM program 14.6 min in the run at 88c6aa9 that resumed it (58 min in one run on an Intel CPU
+    # with AVX-512 at 59621fd).
     "long": Config(env=("minatar/space_invaders", "minatar/breakout"), seeds=2, num_steps=100_000, chunk_steps=5_000,
                    eval_every=10_000, eval_episodes=10, batch_size=32, learning_rate=3e-4,
                    treatment_learning_rate=3e-3, target_update_period=2_500, treatment_target_update_period=200,
