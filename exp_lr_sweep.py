@@ -125,9 +125,9 @@ PRESETS = {
                   eval_episodes=10, lr_min=1e-5, lr_max=1e-1, num_lrs=12, batch_size=32, target_update_period=100,
                   dataset_noise=0.1, dataset_size=50_000, large_batch_steps=20_000),
     # The paper's bsuite protocol: 1e6 gradient steps, 5 seeds, the DQN and BC sweeps (1.8e8
-    # member-steps each; 68 and 38 min on 2 cores at 76e9868 and 26ec0fc, before ffc00f4), and the
-    # batch-256 runs at 2e5 steps (the paper's ratio) on every third rate (27 min more, measured at
-    # 51fe9ae). 142 min in all on 2 cores, over the hour; the README's run-times table has the times.
+    # member-steps each; 115 min together on 2 cores at ff9b928), and the batch-256 runs at 2e5 steps
+    # (the paper's ratio) on every third rate (27 min more, measured at 51fe9ae). 142 min in all on
+    # 2 cores, over the hour; the README's run-times table has the times.
     "long": Config(env=BSUITE, seeds=5, num_steps=1_000_000, chunk_steps=5_000, early_chunk_steps=100,
                    eval_every=50_000, eval_episodes=10, lr_min=1e-5, lr_max=1e-1, num_lrs=12, batch_size=32,
                    target_update_period=100, dataset_noise=0.1, dataset_size=50_000, large_batch_steps=200_000),
@@ -246,6 +246,15 @@ def sweep_of(m: C.Metrics, env: str, agent: str = "dqn", batch_size: int | None 
 
 def rates(m: C.Metrics, where: dict) -> list[float]:
     return sorted(m.values("lr", **where))
+
+
+def rank_return_rhos(m: C.Metrics, where: dict, lrs: list[float] | None = None) -> np.ndarray:
+    """Per seed, Spearman's rho between final srank and final return over the learning rates ``lrs``
+    (default: all of the sweep's): the statistic of the claims on Figs. 33 and 34, and of their legends."""
+    lrs = rates(m, where) if lrs is None else lrs
+    srank = np.stack([C.final_values(m, "srank", lr=lr, **where) for lr in lrs])
+    ret = np.stack([C.final_values(m, "return", lr=lr, **where) for lr in lrs])
+    return np.asarray([C.spearman(s, r) for s, r in zip(srank.T, ret.T)])
 
 
 def grid(m: C.Metrics, where: dict, metric: str, step: int | None = None) -> np.ndarray:
@@ -507,9 +516,7 @@ def claim_best_lr_falls(m: C.Metrics, envs: list[str]) -> C.Claim:
 def claim_rank_return(m: C.Metrics, envs: list[str]) -> C.Claim:
     evidence = []
     for env in envs:
-        where = sweep_of(m, env)
-        srank, ret = grid(m, where, "srank"), grid(m, where, "return")
-        rhos = [C.spearman(s, r) for s, r in zip(srank.T, ret.T)]
+        rhos = rank_return_rhos(m, sweep_of(m, env))
         note = "" if np.isfinite(rhos).sum() >= 2 else "every learning rate returned the same"
         evidence.append(C.directional(env, rhos, "greater", note=note))
     return C.Claim(
@@ -528,12 +535,8 @@ def claim_batch_size(m: C.Metrics, envs: list[str]) -> C.Claim:
             continue
         small, large = (sweep_of(m, env, "dqn", b) for b in sizes[:2])
         shared = rates(m, large)
-        rho = {}
-        for name, where in (("small", small), ("large", large)):
-            srank = np.stack([C.final_values(m, "srank", lr=lr, **where) for lr in shared])
-            ret = np.stack([C.final_values(m, "return", lr=lr, **where) for lr in shared])
-            rho[name] = np.asarray([C.spearman(s, r) for s, r in zip(srank.T, ret.T)])
-        evidence.append(C.two_sided(env, rho["small"] - rho["large"], BATCH_MARGIN, "different",
+        difference = rank_return_rhos(m, small, shared) - rank_return_rhos(m, large, shared)
+        evidence.append(C.two_sided(env, difference, BATCH_MARGIN, "different",
                                     note=f"batch {sizes[0]} - batch {sizes[1]}, {len(shared)} rates"))
     return C.Claim(
         "lr_sweep.batch_size", "The correlation between rank and performance found in a narrow setting depends on "
@@ -712,17 +715,21 @@ def plot_rank_vs_return(plt, m: C.Metrics, out: Path, by_batch: bool) -> None:
     fig, axes = panels(plt, len(envs))
     for j, env in enumerate(envs):
         sizes = sorted(m.values("batch_size", env=env, agent="dqn")) if by_batch else [sweep_of(m, env)["batch_size"]]
+        # The legend gives the claim's statistic: Fig. 33's over the rates both sizes ran.
+        shared = rates(m, sweep_of(m, env, "dqn", sizes[1])) if len(sizes) > 1 else None
         for b, marker in zip(sizes, "os^"):
             where = sweep_of(m, env, "dqn", b)
             srank, ret = grid(m, where, "srank"), grid(m, where, "return")
             colors = lr_colors(plt, len(learning_rates_of(m, env)))
             index = {lr: i for i, lr in enumerate(learning_rates_of(m, env))}
+            rhos = rank_return_rhos(m, where, shared)
+            median = f"{np.nanmedian(rhos):.2f}" if np.isfinite(rhos).any() else "undefined"
             for k, lr in enumerate(rates(m, where)):
                 axes[0, j].scatter(srank[k], ret[k], color=colors[index[lr]], marker=marker, s=14,
-                                   label=f"batch {b}" if k == 0 else None)
-            axes[0, j].plot([], [], " ", label=f"batch {b}: Spearman {C.spearman(srank.ravel(), ret.ravel()):.2f}")
+                                   label=f"batch {b}: median per-seed Spearman {median}" if k == 0 else None)
         axes[0, j].set(xlabel="final srank", ylabel="final return", title=env)
-        axes[0, j].legend(fontsize=6)
+        axes[0, j].legend(fontsize=6, title_fontsize=6,
+                          title=f"over the {len(shared)} shared rates" if shared else None)
     name, title = (("fig33_rank_vs_return_batch_size", "Fig. 33: srank against return at two minibatch sizes")
                    if by_batch else ("fig34_rank_vs_return_relu", "Fig. 34: srank against return, ReLU DQN"))
     fig.suptitle(f"{title} (colour = learning rate, one dot per seed)")
