@@ -1,6 +1,7 @@
 """Unit tests of exp_interventions.py: the factorial design, the treatment-effect statistics and the
 permutation test against hand-computed cases, the config labels, and the CURL loss's gradients."""
 
+import dataclasses
 import itertools
 import math
 
@@ -105,6 +106,18 @@ def test_levels_round_trip_and_foreign_settings_are_clear_errors():
                                                "curl_weight": 0.0, "fraction": 1.0}
     with pytest.raises(ValueError, match="lr = 0.1"):
         E.treated_bits(fs, E.levels(fs, np.zeros(6, bool)) | {"lr": 0.1})
+
+
+def test_memory_evaluation_period_divides_the_memory_runs_and_is_the_game_runs_one_below_paper():
+    for name in ("smoke", "cpu", "long"):  # the period their reference runs used: --eval-every's
+        assert E.PRESETS[name].memory_eval_every == E.PRESETS[name].eval_every
+    paper = E.PRESETS["paper"]
+    assert paper.memory_steps % paper.memory_eval_every == 0 and paper.memory_eval_every < paper.eval_every
+    dataclasses.replace(CFG, memory_steps=800, memory_eval_every=400).check()
+    for bad in ({"memory_eval_every": 300}, {"memory_eval_every": 0}, {"memory_steps": 300},
+                {"memory_steps": 300, "memory_eval_every": 100}):
+        with pytest.raises(ValueError, match="memory"):
+            dataclasses.replace(CFG, **bad).check()
 
 
 def test_episode_returns_of_complete_episodes():
