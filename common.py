@@ -1149,7 +1149,7 @@ class DQNReplayStream:
     ``rows`` rows each, their valid rows listed first in ``valid`` and ``size`` of them sampleable,
     so a swap recompiles nothing and sampling stays uniform over the resident transitions.
 
-    Memory: on the device, ``resident`` x ``rows`` x (84 x 84 + 14) bytes (DQN Replay: 1M rows, about
+    Memory: on the device, ``resident`` x ``rows`` x (84 x 84 + 20) bytes (DQN Replay: 1M rows, about
     7.1 GB per checkpoint) plus one incoming checkpoint during a swap; on the host, the checkpoint
     being read (another ~7 GB as arrays). The schedule of swaps is a function of ``seed`` alone:
     at any step the resident set can be rebuilt, so a resumed run sees the same data."""
