@@ -1650,7 +1650,7 @@ def run_online(program: OnlineProgram, step_fn: Callable, state: OnlineState, re
     else:
         state = restore_like(state, resumed[0])
         host = cloudpickle.loads(resumed[2])
-        timings.resumed[recorder.directory.name] = f"step {host['step']} of {program.stop}"
+        timings.note_resumed(recorder, f"step {host['step']} of {program.stop}")
     progress(host["step"] - program.start)
     last_save = time.time()
     first = True
@@ -2006,7 +2006,7 @@ def train_offline(
         state = restore_like(state, resumed[0])
         groups = split(state)
         start_chunk = resumed[1]["chunks_done"]
-        timings.resumed[recorder.directory.name] = f"{start_chunk} of {len(plan)} chunks"
+        timings.note_resumed(recorder, f"{start_chunk} of {len(plan)} chunks")
     last_save = time.time()
     bar = tqdm(range(start_chunk, len(plan)), initial=start_chunk, total=len(plan), disable=not progress,
                desc=" ".join(str(v) for v in columns.values()), unit="chunk", dynamic_ncols=True)
@@ -2267,10 +2267,16 @@ class Recorder:
     since the last one. ``state.pkl`` is replaced atomically: the trainer's state, how many rows
     are committed, the diverged members and the trainer's progress. So a save costs the same at
     any point of a run, and a kill at any moment (even between the two writes) loses at most
-    the work since the last save: ``resume`` cuts the log back to the committed rows."""
+    the work since the last save: ``resume`` cuts the log back to the committed rows.
+
+    Each save also records the wall seconds the training has taken up to it, over every run that
+    worked on it, so a run that resumes it can say what its earlier runs spent (``earlier_seconds``;
+    None for a checkpoint written before the seconds were recorded)."""
 
     def __init__(self, directory: Path | None, about: Mapping, columns: Sequence[Mapping], checkpoint_seconds: float):
         self.directory, self.columns, self.checkpoint_seconds = directory, list(columns), checkpoint_seconds
+        self.started = time.perf_counter()
+        self.earlier_seconds: float | None = 0.0
         self.rows: list[dict] = []
         self.diverged: dict[int, int] = {}
         self.saved_rows = 0
@@ -2322,8 +2328,10 @@ class Recorder:
         self.saved_rows = len(self.rows)
         import pickle
 
-        payload = {"state": to_host(state), "rows": self.saved_rows, "diverged": self.diverged, "progress": progress,
-                   "host": host}
+        seconds = None if self.earlier_seconds is None else \
+            round(self.earlier_seconds + time.perf_counter() - self.started, 1)
+        payload = {"state": to_host(state), "rows": self.saved_rows, "diverged": self.diverged,
+                   "progress": {**progress, "seconds": seconds}, "host": host}
         atomic_write(self.directory / "state.pkl", lambda f: pickle.dump(payload, f, protocol=5), ".pkl")
 
     def resume(self) -> tuple[PyTree, Mapping, bytes | None] | None:
@@ -2352,6 +2360,7 @@ class Recorder:
             f.truncate(sum(len(line) + 1 for line in lines))
         self.rows, self.saved_rows = rows, len(rows)
         self.diverged = {int(k): v for k, v in payload["diverged"].items()}
+        self.earlier_seconds = payload["progress"].get("seconds")
         print(f"resuming from {self.directory} ({payload['progress']})", file=sys.stderr)
         return payload["state"], payload["progress"], payload["host"]
 
@@ -2363,11 +2372,17 @@ def describe_columns(columns: Mapping) -> str:
 class Timings:
     """Wall seconds per phase of a run (compile, train, probe, evaluate, collect, checkpoint, ...):
     ``with timings("train"): ...``. Written to meta.json, so a run says where its time went, and
-    which of its trainings continued from a checkpoint (their earlier time is not in this run's)."""
+    which of its trainings continued from a checkpoint, and the seconds those had taken in the
+    earlier runs (not in this run's)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
         self.resumed: dict[str, str] = {}  # checkpoint directory -> how far it had got
+        self.resumed_seconds: dict[str, float | None] = {}  # -> its wall seconds then (None: not recorded)
+
+    def note_resumed(self, recorder: "Recorder", how_far: str) -> None:
+        self.resumed[recorder.directory.name] = how_far
+        self.resumed_seconds[recorder.directory.name] = recorder.earlier_seconds
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
@@ -2979,7 +2994,7 @@ def _run_study(study: Study, preset: str, config: Any, out: Path, plot_only: boo
         extra = study.run(config, out, timings) or {}
         if not is_main_process():  # process 0 writes the run's files
             return
-        resumed = {"resumed": timings.resumed} if timings.resumed else {}
+        resumed = {"resumed": timings.resumed, "resumed_seconds": timings.resumed_seconds} if timings.resumed else {}
         write_meta(out, preset, config, time.time() - start, source,
                    {"seconds": timings.summary(), **resumed, **extra})
     metrics = Metrics(metrics_path(out))

@@ -176,3 +176,22 @@ def test_the_run_times_say_what_no_phase_timed(tmp_path, monkeypatch):
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "seconds": {"train": 40.0, "compile": 8.0}}))
     row = next(line for line in U.times_table().splitlines() if line.startswith("| `exp_tandem`"))
     assert "| train 40, untimed 12, compile 8 |" in row  # 60 s of wall time, 48 timed
+
+
+def test_the_run_times_add_what_resumed_trainings_took_in_earlier_runs_where_it_is_known(tmp_path, monkeypatch):
+    import json
+
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem", "exp_lr_sweep"))
+    for script, earlier in (("exp_tandem", {"a": 600.0, "b": 300.0}), ("exp_lr_sweep", {"c": None})):
+        fake_run(tmp_path / script / "cpu", {"bsuite/catch": "held"}, "A")
+        meta = tmp_path / script / "cpu" / "meta.json"
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "resumed": {k: "2 of 2 chunks" for k in earlier},
+                                    "resumed_seconds": earlier}))
+    rows = {line.split(" | ")[0]: line for line in U.times_table().splitlines()}
+    assert "| 1.0 min (resumed 2 trainings, which had taken 15.0 min in earlier runs) |" in rows["| `exp_tandem`"]
+    assert "| 1.0 min (resumed 1 training from an earlier run) |" in rows["| `exp_lr_sweep`"]
+    total = next(line for line in U.times_table().splitlines() if line.startswith("| all | `cpu`"))
+    assert "| 2.0 min + 15.0 min of resumed trainings in earlier runs + the earlier runs' time |" in total

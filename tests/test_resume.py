@@ -61,6 +61,30 @@ def checkpoints(tmp_path):
     return sorted(p.name for p in tmp_path.iterdir())
 
 
+def test_a_checkpoint_carries_the_seconds_its_training_took_over_every_run(tmp_path):
+    saved = lambda: pickle.loads((tmp_path / "r" / "state.pkl").read_bytes())["progress"]["seconds"]
+    first = C.Recorder(tmp_path / "r", {}, [{}], 0.0)
+    first.started -= 100.0  # as if this run had trained for 100 s
+    first.save({"w": jnp.zeros(2)}, {"chunks_done": 1})
+    assert 100.0 <= saved() < 160.0
+    second = C.Recorder(tmp_path / "r", {}, [{}], 0.0)
+    second.resume()
+    assert second.earlier_seconds == saved()
+    second.started -= 50.0
+    second.save({"w": jnp.zeros(2)}, {"chunks_done": 2})
+    assert 150.0 <= saved() < 210.0  # both runs' time
+    # A checkpoint written before the seconds were recorded: unknown, not zero, and it stays so.
+    payload = pickle.loads((tmp_path / "r" / "state.pkl").read_bytes())
+    del payload["progress"]["seconds"]
+    (tmp_path / "r" / "state.pkl").write_bytes(pickle.dumps(payload))
+    third, timings = C.Recorder(tmp_path / "r", {}, [{}], 0.0), C.Timings()
+    third.resume()
+    timings.note_resumed(third, "2 of 3 chunks")
+    assert timings.resumed_seconds == {"r": None}
+    third.save({"w": jnp.zeros(2)}, {"chunks_done": 3})
+    assert saved() is None
+
+
 def test_changing_nothing_resumes_and_changing_anything_redoes_the_run(tmp_path, capsys, monkeypatch):
     timings = C.Timings()
     first = run(tmp_path, timings=timings)
@@ -68,6 +92,7 @@ def test_changing_nothing_resumes_and_changing_anything_redoes_the_run(tmp_path,
     again = run(tmp_path, timings=timings)  # the same run: loaded, not redone
     assert again.rows == first.rows and "resuming" in capsys.readouterr().err
     assert timings.resumed == {checkpoints(tmp_path)[0]: "2 of 2 chunks"}  # what meta.json will say
+    assert 0 < timings.resumed_seconds[checkpoints(tmp_path)[0]] < 300
     assert len(checkpoints(tmp_path)) == 1
     ds = toy()
     swapped = np.asarray(ds.valid).copy()
@@ -212,6 +237,8 @@ def test_tandem_run_killed_at_a_random_moment_resumes_to_the_same_metrics(tmp_pa
     assert (tmp_path / "a" / "out" / "metrics.csv").read_bytes() == (tmp_path / "b" / "out" / "metrics.csv").read_bytes()
     meta = lambda run: json.loads((tmp_path / run / "out" / "meta.json").read_text())
     assert "resumed" not in meta("a") and meta("b")["resumed"], "meta.json must say which programs were resumed"
+    assert meta("b")["resumed_seconds"].keys() == meta("b")["resumed"].keys()
+    assert all(v > 0 for v in meta("b")["resumed_seconds"].values()), "and what they had taken before the kill"
 
 
 def _env_step(out: Path) -> int:

@@ -290,7 +290,7 @@ def verdict_counts() -> str:
 def times_table() -> str:
     lines = ["| script | preset | wall time | evaluation share | where the time went (seconds) | machine | commit |",
              "|---|---|---|---|---|---|---|"]
-    total, partial, machines = {}, set(), {}
+    total, earlier, partial, machines = {}, {}, set(), {}
     for preset in PRESETS:
         for script in SCRIPTS:
             run = REFERENCE / script / preset
@@ -306,17 +306,25 @@ def times_table() -> str:
             total[preset] = total.get(preset, 0.0) + meta["wall_seconds"]
             machines.setdefault(preset, set()).add(meta.get("machine", ""))
             share = f"{spent.get('evaluate', 0.0) / meta['wall_seconds']:.1%}"
-            # A run that resumed trainings from checkpoints timed only its own process.
+            # A run that resumed trainings from checkpoints timed only its own process; the checkpoints
+            # record what their trainings took before (not those written before they recorded it).
             resumed = meta.get("resumed", {})
             wall = f"{meta['wall_seconds'] / 60:.1f} min"
             if resumed:
-                wall += f" (resumed {len(resumed)} training{'s' if len(resumed) > 1 else ''} from an earlier run)"
-                partial.add(preset)
+                trainings = f"{len(resumed)} training{'s' if len(resumed) > 1 else ''}"
+                before = [meta.get("resumed_seconds", {}).get(name) for name in resumed]
+                if None in before:
+                    wall += f" (resumed {trainings} from an earlier run)"
+                    partial.add(preset)
+                else:
+                    wall += f" (resumed {trainings}, which had taken {sum(before) / 60:.1f} min in earlier runs)"
+                    earlier[preset] = earlier.get(preset, 0.0) + sum(before)
             commit = f"`{meta.get('git_commit', '')[:7]}`" + (" + uncommitted changes" if meta.get("git_dirty") else "")
             lines.append(f"| `{script}` | `{preset}` | {wall} | {share} | {seconds} | "
                          f"{meta.get('machine', '')}, {meta['num_devices']} x {meta['device']} | {commit} |")
     for preset, seconds in total.items():
-        more = " + the earlier runs' time" if preset in partial else ""
+        more = f" + {earlier[preset] / 60:.1f} min of resumed trainings in earlier runs" if preset in earlier else ""
+        more += " + the earlier runs' time" if preset in partial else ""
         if len(machines[preset]) > 1:  # run times are comparable only on one CPU model
             more += f" (a sum over {len(machines[preset])} machines: not one machine's time)"
         lines.append(f"| all | `{preset}` | {seconds / 60:.1f} min{more} | | | | |")
