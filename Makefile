@@ -4,8 +4,9 @@
 #   make test      unit tests plus a `smoke` run of every script (what CI runs)
 # Every target depends on the pinned virtual environment, so a fresh clone needs no other step.
 #
-# After `make figures`, `git status reference/` says whether this machine reproduced the committed
-# runs bit for bit (metrics.csv.gz is written byte-stably).
+# After `make figures`, `git status -- 'reference/*/*/metrics.csv.gz'` says whether this machine
+# reproduced the committed runs bit for bit (metrics.csv.gz is written byte-stably; meta.json holds
+# the wall time, so it always changes).
 
 PYTHON ?= python3
 VENV   := .venv

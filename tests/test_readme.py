@@ -114,10 +114,10 @@ def test_a_replicate_is_compared_verdict_by_verdict(tmp_path, monkeypatch):
     assert list(U.replicate_disagreements()) == [("cpu", "x.claim", "bsuite/cartpole")]
     table = U.replicates_table()
     assert "repeated 0 of 1 overall verdicts and 1 of 2 per-environment verdicts" in table
-    cartpole = "1 [0.5, 1.5], p = 0.03 ({}), n = 5"
+    cartpole = "1 [0.5, 1.5], p = 0.03, n = 5 ({})"
     assert f"| `x.claim` | cartpole | {cartpole.format('held')} | {cartpole.format('inconclusive')} |" in table
     claims = U.claims_table()
-    assert f"cartpole: 1 [0.5, 1.5], p = 0.03 (held) {U.REPEATED_NOT}" in claims
+    assert f"cartpole: 1 [0.5, 1.5], p = 0.03, n = 5 (held) {U.REPEATED_NOT}" in claims
     assert f"catch: 1 [0.5, 1.5], p = 0.03 (held) {U.REPEATED_NOT}" not in claims
 
 

@@ -219,13 +219,16 @@ def figure_table(figures: Path) -> str:
 
 
 def evidence_line(e: dict) -> str:
-    """One environment's statistic, interval, p and verdict."""
+    """One environment's statistic, interval, p, seeds and verdict, with the evidence's note (which
+    says, for one, why a verdict is not what the interval alone would give: too few seeds)."""
     if e["verdict"] == "not testable here":
         return f"not testable ({e['note']})"
     value = f"{e['value']:.3g}" if e["value"] is not None else "nan"
     interval = f" [{e['low']:.3g}, {e['high']:.3g}]" if e["low"] is not None else ""
     p = f", p = {e['p']:.2g}" if e["p"] is not None else ""
-    return f"{value}{interval}{p} ({e['verdict']})"
+    n = f", n = {e['n']}" if e.get("n") is not None else ""
+    note = f"; {e['note']}" if e.get("note") else ""
+    return f"{value}{interval}{p}{n} ({e['verdict']}{note})"
 
 
 REPEATED_NOT = "†"  # marks a verdict that a replicate on another machine did not repeat
@@ -338,7 +341,6 @@ def replicates_table() -> str:
     if not replicates:
         return "(no replicate yet: `make replicate NAME=<machine>` on another machine)"
     lines = []
-    seeds = lambda e: f", n = {e['n']}" if e.get("n") is not None else ""
     for name, scripts in replicates.items():
         metas = {s: json.loads((run / "meta.json").read_text()) for s, run in scripts.items()}
         preset = next(iter(metas.values()))["preset"]
@@ -359,8 +361,8 @@ def replicates_table() -> str:
                   f"{counts['envs_same']} of {counts['envs']} per-environment verdicts; the others:", "",
                   f"| claim | environment | reference (`{preset}`) | `{name}` |", "|---|---|---|---|"]
         for _, cid, env, ours, theirs in sorted(counts["differ"], key=lambda d: d[:3]):
-            lines.append(f"| `{cid}` | {env.split('/')[-1]} | {evidence_line(ours)}{seeds(ours)} | "
-                         f"{evidence_line(theirs)}{seeds(theirs)} |")
+            lines.append(f"| `{cid}` | {env.split('/')[-1]} | {evidence_line(ours)} | "
+                         f"{evidence_line(theirs)} |")
         lines.append("")
     return "\n".join(lines).rstrip()
 
