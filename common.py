@@ -2885,11 +2885,23 @@ def config_from_json(config_type: type, data: Mapping) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
+class Part:
+    """One sub-study as a config runs it: the README's presets table shows each."""
+
+    name: str
+    envs: tuple[str, ...]
+    seeds: int
+    steps: int
+    varies: str  # what the part's runs differ in, e.g. "12 learning rates"
+    unit: str = "gradient steps"
+
+
+@dataclasses.dataclass(frozen=True)
 class Study:
     """What an experiment script hands ``main``: its config type and presets, and its steps:
     ``run(config, out, timings) -> extra meta`` (train, write metrics.csv); then, from metrics.csv
     alone, ``analyse(metrics, config, out)`` (tables, if any), ``claims(metrics, config)`` and
-    ``plot(metrics, config, out)``."""
+    ``plot(metrics, config, out)``. ``parts(config)`` lists the sub-studies the config runs."""
 
     name: str
     description: str
@@ -2898,6 +2910,7 @@ class Study:
     claims: Callable[[Metrics, Any], Sequence[Claim]]
     plot: Callable[[Metrics, Any, Path], None]
     analyse: Callable[[Metrics, Any, Path], None] | None = None
+    parts: Callable[[Any], Sequence[Part]] | None = None
 
 
 def main(study: Study, argv: Sequence[str] | None = None) -> None:

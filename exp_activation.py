@@ -353,6 +353,19 @@ def run_hessian(cfg: Config, method: Method) -> tuple[list[dict], dict]:
     return rows, info
 
 
+def parts(cfg: Config) -> list[C.Part]:
+    """The sub-studies ``cfg`` runs, for the README's presets table."""
+    every = {"activation": C.Part("activation", cfg.env, cfg.seeds, cfg.num_steps,
+                                  f"{len(cfg.activations)} activations"),
+             "recurrent": C.Part("recurrent", (cfg.recurrent_env,), cfg.seeds, cfg.recurrent_steps,
+                                 "LSTM (tanh, ReLU cell) and last-observation MLP"),
+             "depth": C.Part("depth", cfg.env, cfg.seeds, cfg.depth_steps, f"{len(cfg.depths)} depths"),
+             "bottleneck": C.Part("bottleneck", cfg.bottleneck_env, cfg.seeds, cfg.bottleneck_steps,
+                                  f"{len(cfg.bottleneck_units)} widths x {len(cfg.bottleneck_layers)} depths x "
+                                  f"{len(cfg.bottleneck_lrs)} learning rates"),
+             "hessian": C.Part("hessian", (cfg.hessian_env,), cfg.seeds, cfg.hessian_steps, "ReLU and ELU")}
+    return [every[s] for s in cfg.studies]
+
 # ------------------------------------------------------------------------------------------------
 # The study's own pieces: a last-observation MLP, per-layer ranks, sparsity, the exact Hessian
 # ------------------------------------------------------------------------------------------------
@@ -827,7 +840,7 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
         plot_gram(plt, m, out)
 
 
-STUDY = C.Study("exp_activation", __doc__.split("\n\n")[0], PRESETS, run, claims, plot)
+STUDY = C.Study("exp_activation", __doc__.split("\n\n")[0], PRESETS, run, claims, plot, parts=parts)
 
 if __name__ == "__main__":
     C.main(STUDY)

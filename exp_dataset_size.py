@@ -203,6 +203,13 @@ def train(cfg: Config, out: Path, timings: C.Timings, env_id: str, ds: C.Dataset
                            timings=timings).rows
 
 
+def parts(cfg: Config) -> list[C.Part]:
+    """The sub-studies ``cfg`` runs, for the README's presets table."""
+    every = {"size": C.Part("size", cfg.env, cfg.seeds, cfg.num_steps, f"{len(cfg.fractions)} dataset fractions"),
+             "quality": C.Part("quality", cfg.quality_env, cfg.seeds, cfg.quality_steps,
+                               f"{len(cfg.quality_noises) + 1} datasets x {len(cfg.quality_lrs)} learning rates")}
+    return [every[s] for s in cfg.studies]
+
 # ------------------------------------------------------------------------------------------------
 # Analysis, from metrics.csv alone
 # ------------------------------------------------------------------------------------------------
@@ -454,7 +461,7 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
         plot_value_error(plt, m, out)
 
 
-STUDY = C.Study("exp_dataset_size", __doc__.split("\n\n")[0], PRESETS, run, claims, plot)
+STUDY = C.Study("exp_dataset_size", __doc__.split("\n\n")[0], PRESETS, run, claims, plot, parts=parts)
 
 if __name__ == "__main__":
     C.main(STUDY)

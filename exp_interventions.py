@@ -348,6 +348,17 @@ def reference_rows(cfg: Config, env_id: str, ds: C.Dataset, net: nn.Module) -> l
             dict(row, agent="behaviour", value=float(C.episode_returns(ds).mean()))]
 
 
+def parts(cfg: Config) -> list[C.Part]:
+    """The sub-studies ``cfg`` runs, for the README's presets table."""
+    runs = len(fractional_factorial(6, GENERATORS[cfg.design]))
+    every = {"design": C.Part("design", cfg.env, cfg.seeds, cfg.num_steps, f"{runs} configurations ({cfg.design})"),
+             "curl_sweep": C.Part("curl_sweep", tuple(e for e in cfg.curl_sweep_env if e in cfg.env),
+                                  cfg.curl_sweep_seeds, cfg.num_steps, f"{len(cfg.curl_sweep_weights)} CURL weights"),
+             "sam_pair": C.Part("sam_pair", cfg.env, cfg.sam_pair_seeds, cfg.num_steps, "with and without SAM"),
+             "memory": C.Part("memory", (cfg.memory_env,), cfg.memory_seeds, cfg.memory_steps,
+                              f"{len(cfg.memory_curl_weights)} CURL weights and SAM")}
+    return [every[s] for s in cfg.studies]
+
 # ------------------------------------------------------------------------------------------------
 # The interventions and the factorial design
 # ------------------------------------------------------------------------------------------------
@@ -1187,7 +1198,7 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
         plot_memory_rank_return(plt, m, out)
 
 
-STUDY = C.Study("exp_interventions", __doc__.split("\n\n")[0], PRESETS, run, claims, plot, analyse)
+STUDY = C.Study("exp_interventions", __doc__.split("\n\n")[0], PRESETS, run, claims, plot, analyse, parts)
 
 if __name__ == "__main__":
     C.main(STUDY)

@@ -196,6 +196,16 @@ def run(cfg: Config, out: Path, timings: C.Timings) -> dict:
     return {"learning_rates": learning_rates(cfg)}
 
 
+def parts(cfg: Config) -> list[C.Part]:
+    """The sub-studies ``cfg`` runs, for the README's presets table."""
+    rates = f"{cfg.num_lrs} learning rates"
+    every = {"dqn": C.Part("dqn", cfg.env, cfg.seeds, cfg.num_steps, rates),
+             "bc": C.Part("bc", cfg.env, cfg.seeds, cfg.num_steps, rates),
+             "batch_size": C.Part("batch_size", cfg.env, cfg.seeds, cfg.large_batch_steps,
+                                  f"{len(learning_rates(cfg)[::cfg.large_batch_stride])} of the learning rates at "
+                                  f"batch {cfg.large_batch_size}")}
+    return [every[s] for s in cfg.studies]
+
 # ------------------------------------------------------------------------------------------------
 # The study's own pieces: offline policy selection
 # ------------------------------------------------------------------------------------------------
@@ -757,7 +767,7 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
         plot_rank_vs_return(plt, m, out, by_batch=True)
 
 
-STUDY = C.Study("exp_lr_sweep", __doc__.split("\n\n")[0], PRESETS, run, claims, plot)
+STUDY = C.Study("exp_lr_sweep", __doc__.split("\n\n")[0], PRESETS, run, claims, plot, parts=parts)
 
 if __name__ == "__main__":
     C.main(STUDY)

@@ -195,3 +195,20 @@ def test_the_run_times_add_what_resumed_trainings_took_in_earlier_runs_where_it_
     assert "| 1.0 min (resumed 1 training from an earlier run) |" in rows["| `exp_lr_sweep`"]
     total = next(line for line in U.times_table().splitlines() if line.startswith("| all | `cpu`"))
     assert "| 2.0 min + 15.0 min of resumed trainings in earlier runs + the earlier runs' time |" in total
+
+
+def test_the_presets_table_has_a_row_per_sub_study_and_says_which_the_reference_run_has(tmp_path, monkeypatch):
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_interventions", "exp_tandem"))
+    fake_run(tmp_path / "exp_interventions" / "long", {"bsuite/memory_len": "held"}, "A",
+             settings={"studies": ["memory"]})
+    fake_run(tmp_path / "exp_tandem" / "cpu", {"bsuite/catch": "held"}, "A")
+    rows = [line for line in U.presets_table().splitlines()[2:]]
+    long = {line.split(" | ")[2]: line for line in rows if line.startswith("| `exp_interventions` | `long`")}
+    assert list(long) == ["design", "curl_sweep", "sam_pair", "memory"]
+    assert long["memory"].endswith("| bsuite/memory_len | 5 | 100,000 gradient steps | 4 CURL weights and SAM | yes |")
+    assert long["design"].endswith("| 2 | 100,000 gradient steps | 16 configurations (quarter) | no |")
+    assert all(line.endswith("| no |") for line in rows if "`exp_interventions` | `cpu`" in line)  # no cpu run
+    assert [line.split(" | ")[-1] for line in rows if line.startswith("| `exp_tandem`")] == ["yes |", "no |"]

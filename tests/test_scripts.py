@@ -113,3 +113,5 @@ def test_every_preset_passes_its_own_checks(script):
     assert {"cpu", "long", "paper", "smoke"} <= set(module.PRESETS)
     for preset in module.PRESETS.values():
         preset.check()
+        if module.STUDY.parts is not None:  # the README's presets table: one part per sub-study run
+            assert [part.name for part in module.STUDY.parts(preset)] == list(preset.studies)

@@ -411,16 +411,28 @@ def constants_table() -> str:
 
 
 def presets_table() -> str:
-    """Each script's `cpu` and `long` presets: environments, seeds, training length, sub-studies."""
-    lines = ["| script | preset | environments | seeds | length | sub-studies |", "|---|---|---|---|---|---|"]
+    """Each script's `cpu` and `long` presets, one row per sub-study (the script's ``parts``):
+    environments, seeds, training length, what its runs differ in, and whether the committed
+    reference run of that preset has it."""
+    lines = ["| script | preset | sub-study | environments | seeds | length | its runs differ in | in `reference/` |",
+             "|---|---|---|---|---|---|---|---|"]
     for script in SCRIPTS:
+        presets_of(script)  # imports the script, and common beside it
+        study, C = sys.modules[script].STUDY, sys.modules["common"]
         for preset in PRESETS:
-            cfg = presets_of(script)[preset]
-            envs = ", ".join(e for e in cfg.env)
-            length = (f"{cfg.num_env_steps:,} env steps" if hasattr(cfg, "num_env_steps")
-                      else f"{cfg.num_steps:,} gradient steps")
-            studies = ", ".join(getattr(cfg, "studies", ())) or "all"
-            lines.append(f"| `{script}` | `{preset}` | {envs} | {cfg.seeds} | {length} | {studies} |")
+            cfg = study.presets[preset]
+            if study.parts is not None:
+                parts = study.parts(cfg)
+            elif hasattr(cfg, "num_env_steps"):
+                parts = [C.Part("all", cfg.env, cfg.seeds, cfg.num_env_steps, "", "env steps")]
+            else:
+                parts = [C.Part("all", cfg.env, cfg.seeds, cfg.num_steps, "")]
+            meta = REFERENCE / script / preset / "meta.json"
+            ran = json.loads(meta.read_text())["config"].get("studies") if meta.exists() else ()
+            for part in parts:
+                kept = "yes" if ran is None or part.name in ran else "no"
+                lines.append(f"| `{script}` | `{preset}` | {part.name} | {', '.join(part.envs)} | {part.seeds} | "
+                             f"{part.steps:,} {part.unit} | {part.varies or '-'} | {kept} |")
     return "\n".join(lines)
 
 
