@@ -2680,7 +2680,7 @@ def overall(evidence: Sequence[Evidence]) -> tuple[Verdict, str]:
 
 @dataclasses.dataclass(frozen=True)
 class SeedTest:
-    """The across-seed test of a per-seed statistic: its mean, a 95% bootstrap interval of the
+    """The across-seed test of a per-seed statistic: its mean, a 95% Student-t interval of the
     mean, and the exact sign-flip (permutation) p-values of "mean > null" and "mean < null"."""
 
     mean: float
@@ -2695,7 +2695,9 @@ def seed_test(values: Sequence[float], null: float = 0.0) -> SeedTest:
     """Tests a per-seed statistic (one value per seed; NaN dropped) against ``null``. The seeds are
     the units of replication: the sign-flip test is exact (all 2^n flips for n <= 16), so with 5
     seeds the smallest one-sided p is 1/32 (every seed on the claimed side), and with 2 seeds 1/4
-    (no verdict can be reached)."""
+    (no verdict can be reached). The interval is Student's t, mean +- t(0.975, n-1) s / sqrt(n): a
+    percentile bootstrap over 4 or 5 values is about 0.6 times as wide and covers the mean far less
+    often than 95%, which the rules that decide by the interval (two_sided) cannot afford."""
     from scipy import stats
 
     x = np.asarray(values, np.float64)
@@ -2711,9 +2713,8 @@ def seed_test(values: Sequence[float], null: float = 0.0) -> SeedTest:
     flips = dict(permutation_type="samples", n_resamples=np.inf if len(x) <= 16 else 20_000, random_state=0)
     p_greater = stats.permutation_test((d,), np.mean, alternative="greater", **flips).pvalue
     p_less = stats.permutation_test((d,), np.mean, alternative="less", **flips).pvalue
-    ci = stats.bootstrap((x,), np.mean, confidence_level=0.95, method="percentile", n_resamples=9_999,
-                         random_state=0).confidence_interval
-    return SeedTest(mean, float(ci.low), float(ci.high), float(p_greater), float(p_less), len(x))
+    half = float(stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x)))
+    return SeedTest(mean, mean - half, mean + half, float(p_greater), float(p_less), len(x))
 
 
 def undefined(n: int, note: str) -> str:
@@ -2745,7 +2746,7 @@ def two_sided(env: str, values: Sequence[float], margin: float, claimed: Literal
     if t.n < 2:
         return Evidence(env, "not testable here", note=undefined(t.n, note))
     p_two = min(1.0, 2 * min(t.p_greater, t.p_less))
-    if t.n < MIN_INTERVAL_SEEDS:  # a bootstrap over 2 or 3 values is no interval
+    if t.n < MIN_INTERVAL_SEEDS:  # over 2 or 3 values the interval is too wide to decide anything
         return Evidence(env, "inconclusive", t.mean, t.low, t.high, p_two, t.n,
                         f"{note}; fewer than {MIN_INTERVAL_SEEDS} seeds" if note else f"fewer than {MIN_INTERVAL_SEEDS} seeds")
     outcome = "equal" if -margin < t.low and t.high < margin else "different" if t.low > 0 or t.high < 0 else None

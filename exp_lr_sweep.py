@@ -338,7 +338,7 @@ def claim_inverted_u(m: C.Metrics, envs: list[str]) -> C.Claim:
         "lr_sweep.inverted_u", "Final srank is low for small and for large learning rates: its distribution over "
         "the learning rates has a Gaussian-like shape (Section 4.1, Fig. 5).",
         "per seed, the quadratic coefficient of a least-squares fit of final srank on standardised log10(lr); mean "
-        "over seeds, bootstrap 95% interval", "held if the coefficient is < 0 (one-sided sign-flip test over seeds, "
+        "over seeds, Student-t 95% interval", "held if the coefficient is < 0 (one-sided sign-flip test over seeds, "
         "p < 0.05); not held if > 0 by the same test", tuple(evidence))
 
 

@@ -679,11 +679,12 @@ def test_meta_names_the_commit_the_run_started_from(tmp_path, monkeypatch):
     assert meta["git_commit"] == "commit-at-start" and meta["git_dirty"] is False
 
 
-def test_seed_test_is_an_exact_sign_flip_test_with_a_bootstrap_interval():
+def test_seed_test_is_an_exact_sign_flip_test_with_a_student_t_interval():
     t = C.seed_test([0.3, 0.5, 0.2, 0.4, 0.1])
     assert t.n == 5 and t.mean == pytest.approx(0.3)
     assert t.p_greater == pytest.approx(1 / 32) and t.p_less == pytest.approx(1.0)  # every seed above 0
-    assert 0.1 <= t.low < 0.3 < t.high <= 0.5
+    # s = sqrt(0.025) = 0.1581, t(0.975, 4) = 2.7764: 0.3 +- 2.7764 x 0.1581 / sqrt(5) = 0.3 +- 0.1963
+    assert (t.low, t.high) == (pytest.approx(0.3 - 0.19632, abs=1e-5), pytest.approx(0.3 + 0.19632, abs=1e-5))
     t = C.seed_test([0.3, 0.5, -0.2, 0.4, 0.1])
     assert t.p_greater == pytest.approx(3 / 32)  # flips of the -0.2 alone, and of 0.1 or of 0.1 and -0.2 tie or beat
     assert C.seed_test([1.0, np.nan, 2.0]).n == 2
