@@ -2608,6 +2608,7 @@ def jsonable(x: Any) -> Any:
 Verdict = Literal["held", "not held", "inconclusive", "not testable here"]
 ALPHA = 0.05  # one-sided significance level of every seed-level test
 MIN_INTERVAL_SEEDS = 4  # an interval-based verdict (two_sided) needs at least this many seeds
+STRONG_CORRELATION = 0.5  # a "strong" correlation: |rho| >= 0.5 (Cohen's large effect), tested against that bound
 FINAL_FRACTION = 0.1  # "final": the mean over the points recorded in the last 10% of a run
 
 

@@ -933,7 +933,6 @@ def claim_simpson(runs: Runs, cfg: Config) -> C.Claim:
 
 
 SAM_MARGIN = 0.1  # "no clear relation": the change is within +-10% of the run without SAM
-NO_STRONG_TREND = 0.5  # "no consistent pattern", "no strong correlation": |rho| < 0.5 (below a large effect)
 
 
 def claim_sam(m: C.Metrics, study: str) -> C.Claim:
@@ -963,12 +962,13 @@ def claim_memory_curl(m: C.Metrics) -> C.Claim:
         ret = np.stack([C.final_values(m, "return", curl_weight=w, **where) for w in weights])
         rhos = [C.spearman(np.log10(np.asarray(weights) + 1e-4), r) for r in ret.T]
         same = "; every weight returned the same" if np.all(ret == ret[:1]) else ""  # rho undefined
-        evidence.append(C.two_sided(env, rhos, NO_STRONG_TREND, "equal", note=f"{len(weights)} weights{same}"))
+        evidence.append(C.two_sided(env, rhos, C.STRONG_CORRELATION, "equal", note=f"{len(weights)} weights{same}"))
     return C.Claim(
         "interventions.memory_curl", "Across CURL loss weights there is no consistent pattern (Appendix A.6, "
         "Fig. 30; the memory task standing in for DeepMind Lab).", "per seed, Spearman's rho between the CURL "
-        "weight and the final return", f"held if the 95% interval of rho lies within +-{NO_STRONG_TREND} (no strong "
-        "trend); not held if it excludes 0 and is not inside that margin (a consistent one)", tuple(evidence))
+        "weight and the final return", f"held if the 95% interval of rho lies within +-{C.STRONG_CORRELATION} "
+        "(no strong trend); not held if it excludes 0 and is not inside that margin (a consistent one)",
+        tuple(evidence))
 
 
 def claim_memory_rank_return(m: C.Metrics) -> C.Claim:
@@ -981,12 +981,12 @@ def claim_memory_rank_return(m: C.Metrics) -> C.Claim:
         ret = np.stack([C.final_values(m, "return", curl_weight=w, sam_rho=r, **where) for w, r in variants])
         rhos = [C.spearman(s, r) for s, r in zip(srank.T, ret.T)]
         same = "; every variant returned the same" if np.all(ret == ret[:1]) else ""  # rho undefined
-        evidence.append(C.two_sided(env, rhos, NO_STRONG_TREND, "equal", note=f"{len(variants)} variants{same}"))
+        evidence.append(C.two_sided(env, rhos, C.STRONG_CORRELATION, "equal", note=f"{len(variants)} variants{same}"))
     return C.Claim(
         "interventions.memory_rank_return", "With CURL, with SAM, or as an aggregate, there is no strong "
         "correlation between the performance and the rank of the agent (Appendix A.3, Fig. 26; the memory task "
         "standing in for DeepMind Lab).", "per seed, Spearman's rho between final srank and final return over the "
-        "variants (CURL weights and SAM)", f"held if the 95% interval of rho lies within +-{NO_STRONG_TREND}; not "
+        "variants (CURL weights and SAM)", f"held if the 95% interval of rho lies within +-{C.STRONG_CORRELATION}; not "
         "held if it excludes 0 and is not inside that margin", tuple(evidence))
 
 

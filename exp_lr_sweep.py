@@ -319,7 +319,6 @@ def srank_centroid(srank: np.ndarray, lrs: np.ndarray) -> np.ndarray:
 # Claims: the paper's words, a per-seed statistic, a rule stated before the data
 # ------------------------------------------------------------------------------------------------
 
-STRONG = 0.5  # a "strong" correlation: |rho| >= 0.5 (Cohen's large effect), tested against that bound
 DEAD_ONSET, COLLAPSE_ONSET = 0.5, 0.1  # "many dead units": >= 50% of the layer; "catastrophic": srank <= 10% of its start
 UNITS_BOUND = 0.5  # dead units vs srank: only runs with at least half the units alive (the srank <= live bound is slack)
 BATCH_MARGIN = 0.2  # "depends on the minibatch size": rho(srank, return) differs by more than 0.2 between sizes
@@ -387,14 +386,14 @@ def claim_dead_units_srank(m: C.Metrics, envs: list[str]) -> C.Claim:
             evidence.append(C.Evidence(env, "not testable here", note="dead units do not vary among the runs with "
                                        "half their units alive"))
             continue
-        evidence.append(C.directional(env, np.asarray(rhos), "less", null=-STRONG))
+        evidence.append(C.directional(env, np.asarray(rhos), "less", null=-C.STRONG_CORRELATION))
     return C.Claim(
         "lr_sweep.dead_units_srank", "There is a strong correlation between the number of dead ReLU units of the "
         "penultimate layer and its effective rank (Section 7, Fig. 14).",
         "per seed, Spearman's rho between final dead units and final srank over the learning rates whose runs keep "
         "at least half of their units alive (where the bound srank <= live units does not force it)",
-        f"held if rho < -{STRONG} (one-sided sign-flip test against -{STRONG}, p < 0.05); not held if rho > "
-        f"-{STRONG} by the same test", tuple(evidence))
+        f"held if rho < -{C.STRONG_CORRELATION} (one-sided sign-flip test against -{C.STRONG_CORRELATION}, "
+        f"p < 0.05); not held if rho > -{C.STRONG_CORRELATION} by the same test", tuple(evidence))
 
 
 def claim_phases(m: C.Metrics, envs: list[str]) -> C.Claim:

@@ -88,20 +88,23 @@ def test_quality_phases_not_testable_without_a_weak_dataset():
     assert verdicts(D.claim_quality_phases(quality_table(fn, data=DATA[:2]))) == ["not testable here"]
 
 
-def error_table(good_sign, weak_sign):
-    """srank along training; the value error moves with it by ``sign`` per dataset."""
+def error_table(good_sign, weak_sign, scatter=0.1):
+    """srank along training; the value error moves with it by ``sign`` per dataset, give or take
+    ``scatter``."""
     def fn(d, lr, seed):
         sign = (weak_sign if d[1] < 1 else good_sign)(seed)
         srank = lambda t: 10 + 20 * np.sin(t / 3000 + lr * 1000) + noise("s", t, lr, seed)
         return {"srank": srank, "return": lambda t: 0.0,
-                "value_error": lambda t: 50 + sign * (srank(t) - 10) + 0.1 * noise("v", t, lr, seed)}
+                "value_error": lambda t: 50 + sign * (srank(t) - 10) + scatter * noise("v", t, lr, seed)}
     return quality_table(fn)
 
 
-@pytest.mark.parametrize("good, expected", [
-    (lambda s: -1, "held"), (lambda s: 1, "not held"), (lambda s: 1 if s % 2 else -1, "inconclusive")])
-def test_value_error(good, expected):
-    assert verdicts(D.claim_value_error(error_table(good, lambda s: 0))) == [expected]
+@pytest.mark.parametrize("good, scatter, expected", [
+    (lambda s: -1, 0.1, "held"), (lambda s: 1, 0.1, "not held"), (lambda s: 1 if s % 2 else -1, 0.1, "inconclusive"),
+    (lambda s: -1, 80.0, "not held"),  # an anti-correlation in every seed, but a weak one (rho about -0.3)
+])
+def test_value_error(good, scatter, expected):
+    assert verdicts(D.claim_value_error(error_table(good, lambda s: 0, scatter))) == [expected]
 
 
 @pytest.mark.parametrize("weak, expected", [
