@@ -66,12 +66,13 @@ class Config:
     dataset_size: int
     """bsuite/MinAtar collection: transitions in the dataset."""
     large_batch_size: int = 256
-    """The minibatch study's other batch size (Fig. 33)."""
+    """The minibatch study's other batch size (Fig. 33): the larger one, except at ``paper``, whose sweep
+    is the paper's DQN-256 and whose other size is its DQN-32."""
     large_batch_stride: int = 3
     """The minibatch study trains every large_batch_stride-th learning rate of the sweep at large_batch_size."""
     large_batch_steps: int = 20_000
     """Gradient steps of the minibatch study's runs. The paper ran DQN-32 for 100M steps and DQN-256 for
-    20M: the run at the larger minibatch is five times shorter (Section 3, Fig. 33)."""
+    20M (Section 3, Fig. 33): a run at batch 256 is five times shorter than one at batch 32."""
     studies: tuple[SubStudy, ...] = ("dqn", "bc", "batch_size")
     """What to run: the DQN sweep, the BC sweep over the same rates and data, the minibatch study."""
     gamma: float = 0.99
@@ -412,8 +413,8 @@ def claim_phases(m: C.Metrics, envs: list[str]) -> C.Claim:
         "(phase 1), then rises (phase 2) (Section 4.1, Fig. 2).",
         f"per seed: +1 if at some learning rate srank falls to <= {C.EARLY_DROP:.0%} of its start within "
         f"{C.EARLY_STEPS:,} steps and later climbs to >= {C.RISE_FACTOR}x and >= {C.RISE_UNITS} units above that "
-        "minimum, else -1", "held if the seeds show it more often than not (sign-flip test of the mean > 0, "
-        "p < 0.05: 5 of 5 seeds); not held if they do not (0 of 5)", tuple(evidence))
+        "minimum, else -1", "held if the mean score is > 0 by the one-sided sign-flip test (p < 0.05, which "
+        "with 5 seeds takes all 5 showing it); not held if it is < 0 by the same test (none of 5)", tuple(evidence))
 
 
 def claim_early_vs_late_dead(m: C.Metrics, envs: list[str]) -> C.Claim:
