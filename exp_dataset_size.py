@@ -55,7 +55,8 @@ class Config:
     batch_size: int
     """Minibatch size."""
     target_update_period: int
-    """Gradient steps between target-network updates."""
+    """Gradient steps between target-network updates, in both sub-studies (the data-quality study's
+    bsuite runs too, unlike the other bsuite studies' 100: see the README's "What was scaled")."""
     dataset_noise: float
     """Collection of the dataset-size study's data: probability of a random action in the behaviour policy."""
     dataset_size: int
