@@ -92,7 +92,7 @@ def test_changing_nothing_resumes_and_changing_anything_redoes_the_run(tmp_path,
     again = run(tmp_path, timings=timings)  # the same run: loaded, not redone
     assert again.rows == first.rows and "resuming" in capsys.readouterr().err
     assert timings.resumed == {checkpoints(tmp_path)[0]: "2 of 2 chunks"}  # what meta.json will say
-    assert 0 < timings.resumed_seconds[checkpoints(tmp_path)[0]] < 300
+    assert 0 <= timings.resumed_seconds[checkpoints(tmp_path)[0]] < 300  # recorded (a toy run: may round to 0)
     assert len(checkpoints(tmp_path)) == 1
     ds = toy()
     swapped = np.asarray(ds.valid).copy()
