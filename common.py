@@ -2657,6 +2657,14 @@ class Claim:
         object.__setattr__(self, "verdict", verdict)
         object.__setattr__(self, "summary", summary)
 
+    def on(self, env: str, width: int = 64) -> str:
+        """The evidence for ``env`` as a figure prints it ("claim: value [interval] p n -> verdict",
+        wrapped at ``width``), so a figure's annotation is the claims table's, not a statistic of its own."""
+        import textwrap
+
+        e = next(e for e in self.evidence if e.env == env)
+        return textwrap.fill("claim: " + e.text().split(": ", 1)[1], width)
+
 
 def overall(evidence: Sequence[Evidence]) -> tuple[Verdict, str]:
     """The overall verdict: held if held in most testable environments and not held in none; not
@@ -3090,7 +3098,7 @@ def save_figure(fig, out: Path, name: str) -> list[Path]:
 
 def seeds_note(metrics: Metrics, **where) -> str:
     n = len(metrics.values("seed", **where))
-    return f"mean of {n} seed{'s' if n != 1 else ''}, band = standard error"
+    return f"mean of {n} seed{'s' if n != 1 else ''}, band or bar = standard error"
 
 
 def short_env(env_id: str) -> str:

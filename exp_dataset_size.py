@@ -424,19 +424,23 @@ def plot_quality(plt, m: C.Metrics, out: Path) -> None:
             C.plot_band(axes[1, j], *m.curves(lr=lr, metric="return", **where), None, color)
             level = m.value[m.mask(env=env, study="quality", agent="behaviour", noise=d[0], behaviour_training=d[1])]
             axes[1, j].axhline(level[0], color=color, ls=":", lw=1)
-            counts = np.zeros(3)
+            # A run with no early collapse has no phases to count: its own share (grey, hatched), not phase 1's.
+            counts = np.zeros(4)
             for rate in lrs:
                 s, cs = m.curves(lr=rate, metric="srank", **where)
                 for c in cs:
                     if np.isfinite(c).all():
-                        counts[C.detect_phases(s, c).final_phase - 1] += 1
+                        found = C.detect_phases(s, c)
+                        counts[found.final_phase if found.early_collapse else 0] += 1
             shares = counts / max(counts.sum(), 1)
-            for phase, alpha in enumerate((1.0, 0.6, 0.3)):
-                axes[2, j].bar(k, shares[phase], 0.8, bottom=shares[:phase].sum(), color=color, alpha=alpha)
+            for part, alpha in enumerate((1.0, 1.0, 0.6, 0.3)):
+                axes[2, j].bar(k, shares[part], 0.8, bottom=shares[:part].sum(), alpha=alpha,
+                               color="0.85" if part == 0 else color, hatch="//" if part == 0 else None)
         axes[0, j].set(xscale="log", title=f"{env} (lr {lr:g})", ylabel="srank")
         axes[1, j].set(xlabel="gradient steps", ylabel="evaluation return\n(dotted: the behaviour's)")
         axes[2, j].set_xticks(range(len(data)), [data_label(d).replace(", ", "\n") for d in data], fontsize=6)
-        axes[2, j].set(ylabel="share of runs ending in\nphase 1 (dark) / 2 / 3 (light)", ylim=(0, 1))
+        axes[2, j].set(ylabel=f"share of runs ({len(lrs)} lrs x seeds): no early\ncollapse (grey) / "
+                              "phase 1 (dark) / 2 / 3 (light)", ylim=(0, 1))
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"Fig. 4: data quality and the phases of learning ({C.seeds_note(m, study='quality', agent='dqn')})")
     C.save_figure(fig, out, "fig04_data_quality")
@@ -445,15 +449,19 @@ def plot_quality(plt, m: C.Metrics, out: Path) -> None:
 def plot_value_error(plt, m: C.Metrics, out: Path) -> None:
     """Fig. 29: value error against srank at every evaluation, per dataset quality."""
     envs = m.values("env", study="quality", agent="dqn")
+    claim = claim_value_error(m)
     fig, axes = plt.subplots(1, len(envs), figsize=(4.6 * len(envs), 3.6), squeeze=False)
     for j, env in enumerate(envs):
         data = datasets(m, env)
         for d, color in zip(data, plt.cm.cividis(np.linspace(0.0, 0.9, len(data)))):
             s, v = srank_and_value_error(m, quality_where(env, d))
-            axes[0, j].scatter(s, v, s=6, alpha=0.5, color=color, label=f"{data_label(d)}: Spearman {C.spearman(s, v):.2f}")
-        axes[0, j].set(xlabel="srank", ylabel="value error |Q - G|", yscale="log", title=env)
-        axes[0, j].legend(fontsize=6)
-    fig.suptitle("Fig. 29: value error against srank at every evaluation (all learning rates and seeds)")
+            axes[0, j].scatter(s, v, s=6, alpha=0.5, color=color, label=data_label(d))
+        axes[0, j].set(xlabel="srank", ylabel="value error |Q - G|", yscale="log")
+        axes[0, j].set_title(f"{env}\n{claim.on(env)}" if any(e.env == env for e in claim.evidence) else env,
+                             fontsize=8)
+        axes[0, j].legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # off the points
+    fig.suptitle("Fig. 29: value error against srank at every evaluation (all learning rates and seeds; claim: "
+                 "per-seed Spearman on the noiseless data)", fontsize=9, y=1.06)
     C.save_figure(fig, out, "fig29_value_error")
 
 

@@ -1045,7 +1045,8 @@ def plot_rank_vs_return_sweep(plt, m: C.Metrics, cfg: Config, out: Path) -> None
     for ax, title in zip(axes[0], ("narrow setting", "whole sweep")):
         ax.set(xlabel="srank", ylabel="normalised return", title=title)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15))
-    fig.suptitle("Fig. 1: srank vs return at every evaluation after the start")
+    fig.suptitle("Fig. 1: srank vs return at every evaluation after the start (one seed per configuration of the "
+                 "design: n counts evaluation points, which are not independent)", fontsize=9)
     C.save_figure(fig, out, "fig01_rank_vs_return_sweep")
 
 
@@ -1118,7 +1119,9 @@ def plot_curl_sweep(plt, m: C.Metrics, out: Path) -> None:
         axes[0, j].set(title=env, ylabel="srank")
         axes[1, j].set(ylabel="evaluation return", xlabel="gradient steps")
         axes[0, j].legend()
-    fig.suptitle(f"Fig. 16: CURL weight in the control setting ({C.seeds_note(m, env=envs[0], study='curl_sweep')})")
+    fig.suptitle(f"Fig. 16: CURL weight in the control setting ({C.seeds_note(m, env=envs[0], study='curl_sweep')};"
+                 "\nweight 0 is trained in the CURL program, apart from Fig. 27's runs without SAM: other "
+                 "random draws)")
     C.save_figure(fig, out, "fig16_curl_weights")
 
 
@@ -1164,19 +1167,17 @@ def plot_memory_rank_return(plt, m: C.Metrics, out: Path) -> None:
     where = {"env": env, "study": "memory"}
     variants = list(dict.fromkeys(zip(m.data["curl_weight"][m.mask(**where)], m.data["sam_rho"][m.mask(**where)])))
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    all_s, all_r = [], []
-    for (w, rho), color in zip(variants, plt.cm.tab10(np.arange(len(variants)))):
+    # Hollow markers of different shapes, so that variants on the same point all stay visible.
+    for (w, rho), color, marker in zip(variants, plt.cm.tab10(np.arange(len(variants))), "osD^v<>p"):
         s = C.final_values(m, "srank", curl_weight=w, sam_rho=rho, **where)
         r = C.final_values(m, "return", curl_weight=w, sam_rho=rho, **where)
         label = f"SAM {rho:g}" if rho else f"CURL {w:g}" if w else "plain"
-        ax.scatter(s, r, color=color, s=18, label=label)
-        all_s += list(s)
-        all_r += list(r)
-    rho = C.spearman(all_s, all_r)
-    overall = f"Spearman over all {rho:.2f}" if np.isfinite(rho) else "Spearman undefined: every run returned the same"
-    ax.set(xlabel="final srank", ylabel="final return", title=f"{env}: {overall}")
+        ax.scatter(s, r, facecolors="none", edgecolors=color, marker=marker, s=40, label=label)
+    ax.set(xlabel="final srank", ylabel="final return")
+    ax.set_title(f"{env}\n{claim_memory_rank_return(m).on(env)}", fontsize=7)
     ax.legend(fontsize=6)
-    fig.suptitle("Fig. 26 (stand-in for DeepMind Lab): srank against return, LSTM agent with CURL and SAM")
+    fig.suptitle(f"Fig. 26 (stand-in for DeepMind Lab): srank against return, LSTM agent with CURL and SAM\n"
+                 f"(one marker per seed: {len(m.values('seed', **where))} seeds per variant)", fontsize=9, y=1.08)
     C.save_figure(fig, out, "fig26_memory_rank_vs_return")
 
 
@@ -1190,7 +1191,8 @@ def plot(m: C.Metrics, cfg: Config, out: Path) -> None:
     if m.has(study="curl_sweep"):
         plot_curl_sweep(plt, m, out)
     if m.has(study="sam_pair"):
-        plot_sam(plt, m, out, "sam_pair", "fig27_sam", "Fig. 27: the control setting with and without SAM")
+        plot_sam(plt, m, out, "sam_pair", "fig27_sam", "Fig. 27: the control setting with and without SAM (its own "
+                 "runs, apart from Fig. 16's)")
     if m.has(study="memory"):
         plot_sam(plt, m, out, "memory", "fig28_memory_sam", "Fig. 28 (stand-in for DeepMind Lab): the LSTM agent on "
                  "the memory task with and without SAM")

@@ -261,7 +261,7 @@ def rates(m: C.Metrics, where: dict) -> list[float]:
 
 def rank_return_rhos(m: C.Metrics, where: dict, lrs: list[float] | None = None) -> np.ndarray:
     """Per seed, Spearman's rho between final srank and final return over the learning rates ``lrs``
-    (default: all of the sweep's): the statistic of the claims on Figs. 33 and 34, and of their legends."""
+    (default: all of the sweep's): the statistic of the claims on Figs. 33 and 34."""
     lrs = rates(m, where) if lrs is None else lrs
     srank = np.stack([C.final_values(m, "srank", lr=lr, **where) for lr in lrs])
     ret = np.stack([C.final_values(m, "return", lr=lr, **where) for lr in lrs])
@@ -596,7 +596,8 @@ def plot_phases(plt, m: C.Metrics, out: Path) -> None:
             C.plot_band(axes[1, j], *m.curves(lr=lr, metric="return", **where), None, color)
         axes[0, j].set(xscale="log", title=env, ylabel="srank (probe batch of 512)")
         axes[1, j].set(xlabel="gradient steps", ylabel="evaluation return")
-    axes[0, 0].legend(ncol=2, title="▼ early collapse (a seed)   ✕ late collapse", loc="lower left", fontsize=6)
+    axes[0, -1].legend(ncol=2, title="▼ early collapse (a seed)   ✕ late collapse", loc="upper left",
+                       bbox_to_anchor=(1.02, 1), fontsize=6)  # beside the panels, off the curves
     fig.suptitle(f"Fig. 2/4/32: offline double DQN (ReLU) per learning rate ({C.seeds_note(m, env=envs[0])})")
     C.save_figure(fig, out, "fig02_srank_and_return_per_lr")
 
@@ -631,7 +632,7 @@ def plot_dead_units(plt, m: C.Metrics, out: Path, agent: str, name: str, title: 
                 C.plot_band(axes[i, j], np.maximum(steps, 1), curves, f"lr={lr:.2g}" if i == 0 else None, color)
         axes[0, j].set(xscale="log", ylabel=f"dead units (of {C.layer_width(m, where)})", title=env)
         axes[1, j].set(xscale="log", xlabel="gradient steps", ylabel="srank")
-    axes[0, 0].legend(ncol=2, fontsize=6)
+    axes[0, -1].legend(ncol=2, fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))  # off the curves
     fig.suptitle(f"{title} ({C.seeds_note(m, env=envs[0], agent=agent)})")
     C.save_figure(fig, out, name)
 
@@ -639,6 +640,7 @@ def plot_dead_units(plt, m: C.Metrics, out: Path, agent: str, name: str, title: 
 def plot_dead_vs_srank(plt, m: C.Metrics, out: Path) -> None:
     """Fig. 14: dead units against srank after training, every learning rate and seed."""
     envs = m.values("env", agent="dqn")
+    claim = claim_dead_units_srank(m, envs)
     fig, axes = panels(plt, len(envs))
     for j, env in enumerate(envs):
         where = sweep_of(m, env)
@@ -646,9 +648,10 @@ def plot_dead_vs_srank(plt, m: C.Metrics, out: Path) -> None:
         for k, color in enumerate(lr_colors(plt, len(srank))):
             axes[0, j].scatter(dead[k], srank[k], color=color, s=12)
         axes[0, j].axvline(UNITS_BOUND * C.layer_width(m, where), color="0.5", ls=":", lw=0.8)
-        axes[0, j].set(xlabel="dead units (dotted: the claim's bound)", ylabel="srank",
-                       title=f"{env} (Spearman {C.spearman(dead.ravel(), srank.ravel()):.2f})")
-    fig.suptitle("Fig. 14: final dead units against final srank (colour = learning rate, one dot per seed)")
+        axes[0, j].set(xlabel="dead units (dotted: the claim's bound)", ylabel="srank")
+        axes[0, j].set_title(f"{env}\n{claim.on(env)}", fontsize=8)
+    fig.suptitle("Fig. 14: final dead units against final srank (colour = learning rate, dark = small; one dot per "
+                 "seed; claim: per-seed Spearman left of the bound)", y=1.06)
     C.save_figure(fig, out, "fig14_dead_units_vs_srank")
 
 
@@ -660,19 +663,27 @@ def plot_policy_selection(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
     width = 0.8 / len(rules)
     for j, label in enumerate(("short", "end")):
         for k, rule in enumerate(rules):
-            means, errs = [], []
+            means, errs, counts = [], [], []
             for env in envs:
                 where = sweep_of(m, env)
                 step = short_step(m, where, cfg) if label == "short" else int(eval_steps(m, where)[-1])
-                mean, err = C.mean_and_stderr(selection_scores(m, where, step)[rule])
-                means.append(mean), errs.append(err)
-            axes[0, j].bar(np.arange(len(envs)) + k * width, means, width, yerr=errs, capsize=2, label=rule)
+                scores = selection_scores(m, where, step)[rule]
+                mean, err = C.mean_and_stderr(scores)
+                means.append(mean), errs.append(err), counts.append((int(np.isfinite(scores).sum()), len(scores)))
+            x = np.arange(len(envs)) + k * width
+            axes[0, j].bar(x, means, width, yerr=errs, capsize=2, label=rule)
+            for xi, mean, (n, seeds) in zip(x, means, counts):  # say what a bar cannot: its seeds, a true 0
+                note = ", ".join(x for x in (f"n={n}" if n < seeds else "", "0" if n and mean == 0 else "") if x)
+                if note:
+                    axes[0, j].text(xi, 0.02, note, ha="center", va="bottom", fontsize=5, rotation=90)
         axes[0, j].set_xticks(np.arange(len(envs)) + width, [C.short_env(e) for e in envs])
         axes[0, j].set(ylim=(0, 1.05), ylabel="normalised score (1 = best lr)",
                        title=f"{'after ' + format(cfg.short_fraction, '.0%') + ' of training' if label == 'short' else 'at the end'}")
     axes[0, 0].legend(fontsize=6)
-    fig.suptitle(f"Fig. 19: offline policy selection over the learning rates (the paper's simple regret, 1 = best; "
-                 f"{C.seeds_note(m, env=envs[0])})")
+    fig.suptitle("Fig. 19: offline policy selection over the learning rates: the chosen rate's normalised return "
+                 "(1 - the paper's simple regret: 1 = the best rate, 0 = the worst)\nmean over the seeds in which "
+                 f"every rate did not return the same (n where fewer than {len(m.values('seed', env=envs[0]))}), "
+                 "bars = standard error", fontsize=9, y=1.05)
     C.save_figure(fig, out, "fig19_offline_policy_selection")
 
 
@@ -722,27 +733,29 @@ def plot_rank_vs_return(plt, m: C.Metrics, out: Path, by_batch: bool) -> None:
     """Fig. 34 (one batch size, per environment) and Fig. 33 (batch sizes side by side): final srank
     against final return, one dot per learning rate and seed."""
     envs = m.values("env", agent="dqn")
+    claim = claim_batch_size(m, envs) if by_batch else claim_rank_return(m, envs)
     fig, axes = panels(plt, len(envs))
     for j, env in enumerate(envs):
         sizes = sorted(m.values("batch_size", env=env, agent="dqn")) if by_batch else [sweep_of(m, env)["batch_size"]]
-        # The legend gives the claim's statistic: Fig. 33's over the rates both sizes ran.
+        # Fig. 33's claim compares the sizes over the rates both ran: the others are faded.
         shared = rates(m, sweep_of(m, env, "dqn", sizes[1])) if len(sizes) > 1 else None
         for b, marker in zip(sizes, "os^"):
             where = sweep_of(m, env, "dqn", b)
             srank, ret = grid(m, where, "srank"), grid(m, where, "return")
             colors = lr_colors(plt, len(learning_rates_of(m, env)))
             index = {lr: i for i, lr in enumerate(learning_rates_of(m, env))}
-            rhos = rank_return_rhos(m, where, shared)
-            median = f"{np.nanmedian(rhos):.2f}" if np.isfinite(rhos).any() else "undefined"
             for k, lr in enumerate(rates(m, where)):
                 axes[0, j].scatter(srank[k], ret[k], color=colors[index[lr]], marker=marker, s=14,
-                                   label=f"batch {b}: median per-seed Spearman {median}" if k == 0 else None)
-        axes[0, j].set(xlabel="final srank", ylabel="final return", title=env)
-        axes[0, j].legend(fontsize=6, title_fontsize=6,
-                          title=f"over the {len(shared)} shared rates" if shared else None)
-    name, title = (("fig33_rank_vs_return_batch_size", "Fig. 33: srank against return at two minibatch sizes")
-                   if by_batch else ("fig34_rank_vs_return_relu", "Fig. 34: srank against return, ReLU DQN"))
-    fig.suptitle(f"{title} (colour = learning rate, one dot per seed)")
+                                   alpha=1.0 if shared is None or lr in shared else 0.25,
+                                   label=f"batch {b}" if k == 0 else None)
+        axes[0, j].set(xlabel="final srank", ylabel="final return")
+        axes[0, j].set_title(f"{env}\n{claim.on(env)}", fontsize=8)
+        axes[0, j].legend(fontsize=6)
+    name, title = (("fig33_rank_vs_return_batch_size", "Fig. 33: srank against return at two minibatch sizes (faded: "
+                    "rates only the sweep ran; claim: per-seed Spearman, small batch minus large)")
+                   if by_batch else ("fig34_rank_vs_return_relu", "Fig. 34: srank against return, ReLU DQN (claim: "
+                                     "per-seed Spearman over the learning rates)"))
+    fig.suptitle(f"{title}\ncolour = learning rate (dark = small), one dot per seed", fontsize=10, y=1.12)
     C.save_figure(fig, out, name)
 
 

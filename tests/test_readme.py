@@ -212,3 +212,29 @@ def test_the_presets_table_has_a_row_per_sub_study_and_says_which_the_reference_
     assert long["design"].endswith("| 2 | 100,000 gradient steps | 16 configurations (quarter) | no |")
     assert all(line.endswith("| no |") for line in rows if "`exp_interventions` | `cpu`" in line)  # no cpu run
     assert [line.split(" | ")[-1] for line in rows if line.startswith("| `exp_tandem`")] == ["yes |", "no |"]
+
+
+def test_redraw_deletes_a_figure_that_no_run_draws_any_more(tmp_path, monkeypatch):
+    import json
+
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REPO", tmp_path)
+    monkeypatch.setattr(U, "REFERENCE", tmp_path / "reference")
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem",))
+    fake_run(tmp_path / "reference" / "exp_tandem" / "cpu", {"bsuite/catch": "held"}, "A")
+
+    def plot(args, **kwargs):  # what `exp_tandem.py --plot-only --figures DIR` leaves there
+        scratch = Path(args[args.index("--figures") + 1])
+        scratch.mkdir(parents=True)
+        (scratch / "fig_new.png").write_bytes(b"png")
+        (scratch / "captions.json").write_text(json.dumps({"fig_new": "New"}))
+
+    monkeypatch.setattr(U.subprocess, "run", plot)
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "fig_old.png").write_bytes(b"png")  # a figure renamed away
+    (figures / "captions.json").write_text(json.dumps({"fig_old": {"title": "Old", "script": "exp_tandem"}}))
+    U.redraw(figures)
+    assert [p.name for p in figures.glob("*.png")] == ["fig_new.png"]
+    assert json.loads((figures / "captions.json").read_text()) == {"fig_new": {"title": "New", "script": "exp_tandem"}}

@@ -185,7 +185,9 @@ def redraw(figures: Path) -> None:
     """Redraws every reference run's figures (--plot-only, which also recomputes its claims.json)
     into figures/ (cpu) and figures/long/ (long): PNGs and the captions. A recomputed claims.json
     that differs from the committed one only in float bits below CLAIM_FLOAT_RTOL (another CPU's
-    LAPACK) is put back, so that redrawing leaves reference/ as committed unless a claim changed."""
+    LAPACK) is put back, so that redrawing leaves reference/ as committed unless a claim changed.
+    A PNG that no run draws any more (a renamed or removed figure) is deleted, with its caption."""
+    drawn: dict[Path, dict] = {}  # target folder -> the captions of the figures drawn into it
     for (script, preset), run in runs().items():
         scratch = REPO / "build" / "figures" / script / preset
         shutil.rmtree(scratch, ignore_errors=True)
@@ -199,11 +201,13 @@ def redraw(figures: Path) -> None:
             shutil.copyfile(png, target / png.name)
         for table in scratch.glob("table*.md"):
             shutil.copyfile(table, target / table.name)
-        captions = target / "captions.json"
-        merged = json.loads(captions.read_text()) if captions.exists() else {}
-        merged |= {name: {"title": title, "script": script}
-                   for name, title in json.loads((scratch / "captions.json").read_text()).items()}
-        captions.write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
+        titles = json.loads((scratch / "captions.json").read_text())
+        drawn.setdefault(target, {}).update({name: {"title": t, "script": script} for name, t in titles.items()})
+    for target, captions in drawn.items():
+        for png in target.glob("*.png"):
+            if png.stem not in captions:
+                png.unlink()
+        (target / "captions.json").write_text(json.dumps(dict(sorted(captions.items())), indent=1) + "\n")
 
 
 def figure_table(figures: Path) -> str:
