@@ -659,22 +659,29 @@ ACT_COLORS = {"relu": "tab:red", "elu": "tab:blue", "tanh": "tab:green"}
 
 
 def plot_activation(plt, m: C.Metrics, out: Path) -> None:
-    """Fig. 9: srank, return, dead units and dormant fraction per activation."""
+    """Fig. 9: srank (and relative to initialisation: the claim), return, dead units and dormant
+    fraction per activation."""
     envs = m.values("env", study="activation")
-    panels = [("srank", "srank (probe batch of 512)", True), ("return", "evaluation return", False),
-              ("dead_units", "dead units (of 64)", True), ("dormant_frac", "dormant fraction (tau = 0.025)", True)]
+    claim = claim_relu_collapses_most(m)
+    # (metric, label, log x, relative to step 0): the second row is the claim's statistic.
+    panels = [("srank", "srank (probe batch of 512)", True, False),
+              ("srank", "srank / srank at step 0\n(the claim's statistic)", True, True),
+              ("return", "evaluation return", False, False),
+              ("dead_units", "dead units (of 64;\nnone for ELU, tanh)", True, False),
+              ("dormant_frac", "dormant fraction (tau = 0.025)", True, False)]
     # Constrained layout: with the default one, a figure this tall leaves a band under the title.
     fig, axes = plt.subplots(len(panels), len(envs), figsize=(4.2 * len(envs), 2.6 * len(panels)), squeeze=False,
                              layout="constrained")
     for j, env in enumerate(envs):
         for act in m.values("activation", env=env, study="activation"):
-            for i, (metric, _, log_x) in enumerate(panels):
+            for i, (metric, _, log_x, relative) in enumerate(panels):
                 steps, grid = m.curves(env=env, study="activation", activation=act, metric=metric)
-                C.plot_band(axes[i, j], np.maximum(steps, 1) if log_x else steps, grid,
-                            act if i == 0 else None, ACT_COLORS.get(act))
-        for i, (_, label, log_x) in enumerate(panels):
+                values = grid / grid[:, :1] if relative else grid
+                C.plot_band(axes[i, j], np.maximum(steps, 1) if log_x else steps, values, act if i == 0 else None,
+                            ACT_COLORS.get(act))
+        for i, (_, label, log_x, _) in enumerate(panels):
             axes[i, j].set(ylabel=label, xscale="log" if log_x else "linear")
-        axes[0, j].set_title(env)
+        axes[0, j].set_title(f"{env}\n{claim.on(env, 56)}", fontsize=8)
         axes[-1, j].set_xlabel("gradient steps")
     axes[0, 0].legend(title="activation")
     fig.suptitle(f"Fig. 9: offline double DQN, 2x64 MLP, by activation "
