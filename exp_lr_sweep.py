@@ -707,9 +707,11 @@ def plot_improvement(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
                            label=f"{rule}{' (oracle)' if rule == 'online' else ''}")
         axes[0, j].axhline(0, color="0.4", lw=0.8)
         axes[0, j].set_xticks(np.arange(len(envs)) + width, [C.short_env(e) for e in envs])
-        axes[0, j].set(ylabel="% over the median learning rate", title="short" if label == "short" else "end")
+        axes[0, j].set(ylabel="% over the median learning rate",
+                       title=f"after {cfg.short_fraction:.0%} of training" if label == "short" else "at the end")
     axes[0, 0].legend(fontsize=6)
-    fig.suptitle("Fig. 20: return of the selected learning rate relative to the median candidate")
+    fig.suptitle("Fig. 20: return of the selected learning rate relative to the median candidate (% of |median|: "
+                 f"large where the median return is near 0; {C.seeds_note(m, env=envs[0])})", fontsize=9, y=1.03)
     C.save_figure(fig, out, "fig20_selection_improvement")
 
 
@@ -725,7 +727,9 @@ def plot_best_lr(plt, m: C.Metrics, out: Path) -> None:
         ax.fill_between(steps, best.min(axis=1), best.max(axis=1), alpha=0.15)
     ax.set(yscale="log", xlabel="gradient steps", ylabel="best learning rate\n(median over seeds; band: range)")
     ax.legend()
-    fig.suptitle("Fig. 31: the best learning rate by online return along training")
+    seeds = len(m.values("seed", agent="dqn"))
+    fig.suptitle(f"Fig. 31: the best learning rate by online return along training\n({seeds} seeds; tied rates: "
+                 "their geometric mean)", fontsize=10)
     C.save_figure(fig, out, "fig31_best_lr_over_training")
 
 
