@@ -1100,7 +1100,8 @@ def plot_pairs(plt, runs: Runs, cfg: Config, out: Path) -> None:
         ax.grid(False)
         fig.colorbar(image, ax=ax, shrink=0.8, label="Δ final srank")
     aliased = sum(bool(r["aliased_with"]) for r in pairs)
-    fig.suptitle(f"Fig. 8: pairs of interventions on final srank ({len(runs.env)} runs, {cfg.design} factorial"
+    fig.suptitle(f"Fig. 8: pairs of interventions on final srank, pooled over the games ({len(runs.env)} runs, "
+                 f"{cfg.design} factorial; the claims table's effects are per game"
                  + (f"; {aliased} interactions cannot be told from the ones named under them" if aliased else "")
                  + ")")
     C.save_figure(fig, out, "fig08_ate_pairs")
