@@ -424,7 +424,8 @@ def plot_quality(plt, m: C.Metrics, out: Path) -> None:
             C.plot_band(axes[1, j], *m.curves(lr=lr, metric="return", **where), None, color)
             level = m.value[m.mask(env=env, study="quality", agent="behaviour", noise=d[0], behaviour_training=d[1])]
             axes[1, j].axhline(level[0], color=color, ls=":", lw=1)
-            # A run with no early collapse has no phases to count: its own share (grey, hatched), not phase 1's.
+            # A run with no early collapse has no phases to see: its own share (grey, hatched), though
+            # quality_phases' statistic (stuck_in_phase_one) counts it as ending in phase 1.
             counts = np.zeros(4)
             for rate in lrs:
                 s, cs = m.curves(lr=rate, metric="srank", **where)
@@ -439,8 +440,8 @@ def plot_quality(plt, m: C.Metrics, out: Path) -> None:
         axes[0, j].set(xscale="log", title=f"{env} (lr {lr:g})", ylabel="srank")
         axes[1, j].set(xlabel="gradient steps", ylabel="evaluation return\n(dotted: the behaviour's)")
         axes[2, j].set_xticks(range(len(data)), [data_label(d).replace(", ", "\n") for d in data], fontsize=6)
-        axes[2, j].set(ylabel=f"share of runs ({len(lrs)} lrs x seeds): no early\ncollapse (grey) / "
-                              "phase 1 (dark) / 2 / 3 (light)", ylim=(0, 1))
+        axes[2, j].set(ylabel=f"share of runs ({len(lrs)} lrs x seeds): no early\ncollapse (grey; the claim: "
+                              "phase 1) / phase 1\n(dark) / 2 / 3 (light)", ylim=(0, 1))
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"Fig. 4: data quality and the phases of learning ({C.seeds_note(m, study='quality', agent='dqn')})")
     C.save_figure(fig, out, "fig04_data_quality")

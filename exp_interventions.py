@@ -104,9 +104,10 @@ class Config:
     """The memory task standing in for DeepMind Lab (Figs. 26, 28, 30)."""
     memory_steps: int = 10_000
     """Gradient steps per run of the memory-task study."""
-    memory_eval_every: int = 2_500
-    """Gradient steps between the memory task's evaluations (its own: the ``paper`` preset's
-    --eval-every, the Atari runs' 1e6, is longer than a memory-task run)."""
+    memory_eval_every: int = 0
+    """Gradient steps between the memory task's evaluations; 0: --eval-every's (what every run before
+    this setting did). The ``paper`` preset sets its own: its --eval-every, the Atari runs' 1e6, is
+    longer than a memory-task run."""
     memory_seeds: int = 5
     """Seeds per variant of the memory-task study."""
     memory_dataset_size: int = 50_000
@@ -150,8 +151,13 @@ class Config:
         C.require(self.memory_env == "bsuite/memory_len", "--memory-env must be bsuite/memory_len")
         C.require_positive(self, "sam_pair_seeds", "memory_steps", "memory_seeds", "memory_dataset_size",
                            "memory_learning_rate", "curl_latent_dim", "curl_tau", "memory_noise")
-        C.require_multiple(self, "memory_steps", "memory_eval_every")
-        C.require_multiple(self, "memory_eval_every", "chunk_steps")
+        C.require(self.memory_eval_every >= 0, "--memory-eval-every must be >= 0 (0: --eval-every's)")
+        if "memory" in self.studies:
+            period = self.memory_eval_period
+            C.require(self.memory_steps % period == 0 and period % self.chunk_steps == 0,
+                      f"--memory-steps ({self.memory_steps}) must be a multiple of the memory task's evaluation "
+                      f"period ({period}: --memory-eval-every, or --eval-every's if 0), and that of --chunk-steps "
+                      f"({self.chunk_steps})")
         C.require_positive(self, "seeds", "num_steps", "chunk_steps", "eval_every", "eval_episodes", "batch_size",
                            "learning_rate", "treatment_learning_rate", "target_update_period",
                            "treatment_target_update_period", "sam_rho", "curl_weight", "curl_sweep_seeds",
@@ -161,6 +167,10 @@ class Config:
         C.check_dataset(self.env, self.dataset_noise, self.dataset_size)
         C.require_multiple(self, "num_steps", "chunk_steps")
         C.require_multiple(self, "eval_every", "chunk_steps")
+
+    @property
+    def memory_eval_period(self) -> int:
+        return self.memory_eval_every or self.eval_every
 
 
 PRESETS = {
@@ -192,8 +202,7 @@ PRESETS = {
                    treatment_learning_rate=3e-3, target_update_period=2_500, treatment_target_update_period=200,
                    sam_rho=0.05, curl_weight=1e-3, data_fraction=0.05, design="quarter",
                    curl_sweep_weights=(0.0, 1e-3, 0.1, 1.0), curl_sweep_env=("minatar/space_invaders", "minatar/breakout"),
-                   curl_sweep_seeds=5, dataset_noise=0.1, dataset_size=1_000_000, memory_steps=100_000,
-                   memory_eval_every=10_000),
+                   curl_sweep_seeds=5, dataset_noise=0.1, dataset_size=1_000_000, memory_steps=100_000),
     # The paper's DQN-interventions: 2e7 steps at batch 256, Atari Asterix and Gravitar, the full
     # factorial (128 runs), control learning rate 3e-5 (Appendix A.12). The memory task stands in
     # for DeepMind Lab, whose runs are 2e4 steps there; it trains for 1e5 (as activation's LSTM study),
@@ -211,7 +220,7 @@ PRESETS = {
                     treatment_target_update_period=20, sam_rho=0.05, curl_weight=1e-3, data_fraction=0.05,
                     design="quarter", curl_sweep_weights=(0.0, 1.0), curl_sweep_env=("bsuite/catch",),
                     curl_sweep_seeds=2, dataset_noise=0.1, dataset_size=2_000, permutations=2_000,
-                    reference_episodes=8, sam_pair_seeds=2, memory_steps=200, memory_eval_every=200, memory_seeds=2,
+                    reference_episodes=8, sam_pair_seeds=2, memory_steps=200, memory_seeds=2,
                     memory_dataset_size=2_000, memory_curl_weights=(0.0, 1.0)),
 }
 
@@ -302,7 +311,7 @@ def run_memory(cfg: Config, out: Path, timings: C.Timings) -> list[dict]:
                                history=history)
     train = C.TrainConfig(num_steps=cfg.memory_steps, chunk_steps=cfg.chunk_steps, batch_size=cfg.batch_size,
                           optimizer=cfg.optimizer, target_update_period=cfg.target_update_period,
-                          probe_size=cfg.probe_size, eval_every=cfg.memory_eval_every,
+                          probe_size=cfg.probe_size, eval_every=cfg.memory_eval_period,
                           checkpoint_seconds=cfg.checkpoint_seconds)
     settings = lambda w, rho, seed: C.Member(seed=seed, learning_rate=cfg.memory_learning_rate,
                                              columns={"curl_weight": w, "sam_rho": rho},
@@ -1169,7 +1178,7 @@ def plot_memory_rank_return(plt, m: C.Metrics, out: Path) -> None:
     variants = list(dict.fromkeys(zip(m.data["curl_weight"][m.mask(**where)], m.data["sam_rho"][m.mask(**where)])))
     fig, ax = plt.subplots(figsize=(5.5, 4))
     # Hollow markers of different shapes, so that variants on the same point all stay visible.
-    for (w, rho), color, marker in zip(variants, plt.cm.tab10(np.arange(len(variants))), "osD^v<>p"):
+    for (w, rho), color, marker in zip(variants, plt.cm.tab10(np.arange(len(variants))), itertools.cycle("osD^v<>p")):
         s = C.final_values(m, "srank", curl_weight=w, sam_rho=rho, **where)
         r = C.final_values(m, "return", curl_weight=w, sam_rho=rho, **where)
         label = f"SAM {rho:g}" if rho else f"CURL {w:g}" if w else "plain"

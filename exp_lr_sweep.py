@@ -259,6 +259,12 @@ def rates(m: C.Metrics, where: dict) -> list[float]:
     return sorted(m.values("lr", **where))
 
 
+def shared_rates(m: C.Metrics, a: dict, b: dict) -> list[float]:
+    """The learning rates both sweeps ran (the minibatch study's size runs every third rate, and at
+    ``paper`` it is the sweep's size that does)."""
+    return sorted(set(rates(m, a)) & set(rates(m, b)))
+
+
 def rank_return_rhos(m: C.Metrics, where: dict, lrs: list[float] | None = None) -> np.ndarray:
     """Per seed, Spearman's rho between final srank and final return over the learning rates ``lrs``
     (default: all of the sweep's): the statistic of the claims on Figs. 33 and 34."""
@@ -544,7 +550,7 @@ def claim_batch_size(m: C.Metrics, envs: list[str]) -> C.Claim:
             evidence.append(C.Evidence(env, "not testable here", note="one batch size was run"))
             continue
         small, large = (sweep_of(m, env, "dqn", b) for b in sizes[:2])
-        shared = rates(m, large)
+        shared = shared_rates(m, small, large)
         difference = rank_return_rhos(m, small, shared) - rank_return_rhos(m, large, shared)
         evidence.append(C.two_sided(env, difference, BATCH_MARGIN, "different",
                                     note=f"batch {sizes[0]} - batch {sizes[1]}, {len(shared)} rates"))
@@ -742,7 +748,7 @@ def plot_rank_vs_return(plt, m: C.Metrics, out: Path, by_batch: bool) -> None:
     for j, env in enumerate(envs):
         sizes = sorted(m.values("batch_size", env=env, agent="dqn")) if by_batch else [sweep_of(m, env)["batch_size"]]
         # Fig. 33's claim compares the sizes over the rates both ran: the others are faded.
-        shared = rates(m, sweep_of(m, env, "dqn", sizes[1])) if len(sizes) > 1 else None
+        shared = shared_rates(m, *(sweep_of(m, env, "dqn", b) for b in sizes[:2])) if len(sizes) > 1 else None
         for b, marker in zip(sizes, "os^"):
             where = sweep_of(m, env, "dqn", b)
             srank, ret = grid(m, where, "srank"), grid(m, where, "return")

@@ -273,6 +273,21 @@ def test_batch_size(slopes, expected):
     assert verdicts(run_claim(L.claim_batch_size, table)) == [expected]
 
 
+@pytest.mark.parametrize("sweep_batch, other_batch", [(32, 256), (256, 32)])  # the cpu preset's, the paper's
+def test_batch_size_compares_the_rates_both_sizes_ran(sweep_batch, other_batch):
+    """At ``paper`` the sweep is at batch 256 and the minibatch study's size, 32, runs every third
+    rate: the claim must compare over those rates (it read every rate of the larger size before)."""
+    rows = []
+    for batch, lrs in ((sweep_batch, LRS), (other_batch, LRS[::3])):
+        for i, lr in enumerate(lrs):
+            for seed in range(5):  # the correlation reverses at batch 256 in every seed
+                slope = 1 if batch == 32 else -1
+                rows += rows_for({"study": "lr_sweep", "env": "bsuite/catch", "agent": "dqn", "seed": seed, "lr": lr,
+                                  "batch_size": batch}, {"srank": const(10.0 + i), "return": const(slope * i)})
+    claim = run_claim(L.claim_batch_size, metrics(rows))
+    assert verdicts(claim) == ["held"] and claim.evidence[0].note.endswith(f"{len(LRS[::3])} rates")
+
+
 def test_the_minibatch_study_trains_every_few_rates_for_its_own_length(monkeypatch, tmp_path):
     """run() states the protocol: the sweep at batch_size for num_steps on every rate, the minibatch
     study at large_batch_size for large_batch_steps on every large_batch_stride-th rate (the

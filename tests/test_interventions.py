@@ -109,15 +109,17 @@ def test_levels_round_trip_and_foreign_settings_are_clear_errors():
 
 
 def test_memory_evaluation_period_divides_the_memory_runs_and_is_the_game_runs_one_below_paper():
-    for name in ("smoke", "cpu", "long"):  # the period their reference runs used: --eval-every's
-        assert E.PRESETS[name].memory_eval_every == E.PRESETS[name].eval_every
+    for name in ("smoke", "cpu", "long"):  # what their reference runs used, and runs before the setting
+        assert E.PRESETS[name].memory_eval_every == 0
+        assert E.PRESETS[name].memory_eval_period == E.PRESETS[name].eval_every
     paper = E.PRESETS["paper"]
-    assert paper.memory_steps % paper.memory_eval_every == 0 and paper.memory_eval_every < paper.eval_every
+    assert paper.memory_steps % paper.memory_eval_period == 0 and paper.memory_eval_period < paper.eval_every
     dataclasses.replace(CFG, memory_steps=800, memory_eval_every=400).check()
-    for bad in ({"memory_eval_every": 300}, {"memory_eval_every": 0}, {"memory_steps": 300},
+    for bad in ({"memory_eval_every": 300}, {"memory_eval_every": -200}, {"memory_steps": 300},
                 {"memory_steps": 300, "memory_eval_every": 100}):
         with pytest.raises(ValueError, match="memory"):
             dataclasses.replace(CFG, **bad).check()
+    dataclasses.replace(CFG, studies=("design",), memory_steps=300).check()  # no memory study, no constraint
 
 
 def test_episode_returns_of_complete_episodes():

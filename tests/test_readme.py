@@ -232,9 +232,12 @@ def test_redraw_deletes_a_figure_that_no_run_draws_any_more(tmp_path, monkeypatc
 
     monkeypatch.setattr(U.subprocess, "run", plot)
     figures = tmp_path / "figures"
-    figures.mkdir()
+    (figures / "long").mkdir(parents=True)
     (figures / "fig_old.png").write_bytes(b"png")  # a figure renamed away
+    (figures / "table9_old.md").write_text("| a |")  # a table, too
+    (figures / "long" / "fig_gone.png").write_bytes(b"png")  # and a folder no run draws into any more
     (figures / "captions.json").write_text(json.dumps({"fig_old": {"title": "Old", "script": "exp_tandem"}}))
     U.redraw(figures)
-    assert [p.name for p in figures.glob("*.png")] == ["fig_new.png"]
+    assert sorted(p.name for p in figures.rglob("*") if p.is_file() and p.name != "captions.json") == ["fig_new.png"]
     assert json.loads((figures / "captions.json").read_text()) == {"fig_new": {"title": "New", "script": "exp_tandem"}}
+    assert json.loads((figures / "long" / "captions.json").read_text()) == {}

@@ -186,8 +186,10 @@ def redraw(figures: Path) -> None:
     into figures/ (cpu) and figures/long/ (long): PNGs and the captions. A recomputed claims.json
     that differs from the committed one only in float bits below CLAIM_FLOAT_RTOL (another CPU's
     LAPACK) is put back, so that redrawing leaves reference/ as committed unless a claim changed.
-    A PNG that no run draws any more (a renamed or removed figure) is deleted, with its caption."""
-    drawn: dict[Path, dict] = {}  # target folder -> the captions of the figures drawn into it
+    A PNG or table that no run draws any more (a renamed or removed figure) is deleted, with its
+    caption, in figures/ and figures/long/ whether or not a run draws into them."""
+    drawn: dict[Path, dict] = {figures: {}, figures / "long": {}}  # folder -> captions of the figures drawn there
+    tables: dict[Path, set[str]] = {}  # folder -> the tables written there
     for (script, preset), run in runs().items():
         scratch = REPO / "build" / "figures" / script / preset
         shutil.rmtree(scratch, ignore_errors=True)
@@ -201,12 +203,18 @@ def redraw(figures: Path) -> None:
             shutil.copyfile(png, target / png.name)
         for table in scratch.glob("table*.md"):
             shutil.copyfile(table, target / table.name)
+            tables.setdefault(target, set()).add(table.name)
         titles = json.loads((scratch / "captions.json").read_text())
         drawn.setdefault(target, {}).update({name: {"title": t, "script": script} for name, t in titles.items()})
     for target, captions in drawn.items():
+        if not target.exists():
+            continue
         for png in target.glob("*.png"):
             if png.stem not in captions:
                 png.unlink()
+        for table in target.glob("table*.md"):
+            if table.name not in tables.get(target, set()):
+                table.unlink()
         (target / "captions.json").write_text(json.dumps(dict(sorted(captions.items())), indent=1) + "\n")
 
 
@@ -218,7 +226,8 @@ def figure_table(figures: Path) -> str:
             if c["script"] == script:
                 long = figures / "long" / f"{name}.png"
                 image = f"[cpu](figures/{name}.png)" + (f", [long](figures/long/{name}.png)" if long.exists() else "")
-                lines.append(f"| `{name}` | {c['title'].replace('|', '/')} | `{script}.py` | {image} |")
+                title = " ".join(c["title"].split()).replace("|", "/")  # a title's line breaks would end the row
+                lines.append(f"| `{name}` | {title} | `{script}.py` | {image} |")
     return "\n".join(lines)
 
 
