@@ -2659,11 +2659,12 @@ class Claim:
 
     def on(self, env: str, width: int = 64) -> str:
         """The evidence for ``env`` as a figure prints it ("claim: value [interval] p n -> verdict",
-        wrapped at ``width``), so a figure's annotation is the claims table's, not a statistic of its own."""
+        wrapped at ``width``), so a figure's annotation is the claims table's, not a statistic of its own;
+        "claim: not computed here" for an environment the claim has no evidence for."""
         import textwrap
 
-        e = next(e for e in self.evidence if e.env == env)
-        return textwrap.fill("claim: " + e.text().split(": ", 1)[1], width)
+        e = next((e for e in self.evidence if e.env == env), None)
+        return textwrap.fill("claim: " + (e.text().split(": ", 1)[1] if e else "not computed here"), width)
 
 
 def overall(evidence: Sequence[Evidence]) -> tuple[Verdict, str]:

@@ -458,8 +458,7 @@ def plot_value_error(plt, m: C.Metrics, out: Path) -> None:
             s, v = srank_and_value_error(m, quality_where(env, d))
             axes[0, j].scatter(s, v, s=6, alpha=0.5, color=color, label=data_label(d))
         axes[0, j].set(xlabel="srank", ylabel="value error |Q - G|", yscale="log")
-        axes[0, j].set_title(f"{env}\n{claim.on(env)}" if any(e.env == env for e in claim.evidence) else env,
-                             fontsize=8)
+        axes[0, j].set_title(f"{env}\n{claim.on(env)}", fontsize=8)
         axes[0, j].legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # off the points
     fig.suptitle("Fig. 29: value error against srank at every evaluation (all learning rates and seeds; claim: "
                  "per-seed Spearman on the noiseless data)", fontsize=9, y=1.06)

@@ -679,7 +679,7 @@ def plot_policy_selection(plt, m: C.Metrics, cfg: Config, out: Path) -> None:
             x = np.arange(len(envs)) + k * width
             axes[0, j].bar(x, means, width, yerr=errs, capsize=2, label=rule)
             for xi, mean, (n, seeds) in zip(x, means, counts):  # say what a bar cannot: its seeds, a true 0
-                note = ", ".join(x for x in (f"n={n}" if n < seeds else "", "0" if n and mean == 0 else "") if x)
+                note = ", ".join(s for s in (f"n={n}" if n < seeds else "", "0" if n and mean == 0 else "") if s)
                 if note:
                     axes[0, j].text(xi, 0.02, note, ha="center", va="bottom", fontsize=5, rotation=90)
         axes[0, j].set_xticks(np.arange(len(envs)) + width, [C.short_env(e) for e in envs])

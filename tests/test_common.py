@@ -836,3 +836,9 @@ def test_no_batched_lapack_call_in_the_initialisation_or_the_probe():
     # The check itself can fail: a vmapped SVD is a batched call.
     batched = jax.jit(jax.vmap(lambda x: C.effective_rank(x))).lower(jnp.ones((3, 8, 4))).compile()
     assert set(lapack_batch_dims(batched)) == {1}
+
+
+def test_a_claim_on_an_environment_prints_its_evidence_as_the_claims_table_does():
+    claim = C.Claim("x.claim", "p", "s", "r", (C.directional("bsuite/catch", [1, 2, 3, 4, 5], "greater"),))
+    assert claim.on("bsuite/catch").startswith("claim: 3 [") and claim.on("bsuite/catch").endswith("-> held")
+    assert claim.on("bsuite/cartpole") == "claim: not computed here"
