@@ -2802,8 +2802,9 @@ class Phases:
 
     @property
     def final_phase(self) -> int:
-        """1: never rose after the early minimum (or never collapsed); 2: rose; 3: rose, then collapsed."""
-        return 3 if self.late_collapse else 2 if self.rise else 1
+        """0: no early collapse, so no phases (phase 1 is that collapse: "simplification"); 1: collapsed
+        and never rose after the early minimum; 2: rose; 3: rose, then collapsed."""
+        return 3 if self.late_collapse else 2 if self.rise else 1 if self.early_collapse else 0
 
 
 def detect_phases(steps: np.ndarray, srank: np.ndarray) -> Phases:

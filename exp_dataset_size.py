@@ -256,7 +256,8 @@ def weak_of(m: C.Metrics, env: str) -> tuple[float, float] | None:
 
 
 def stuck_in_phase_one(m: C.Metrics, where: dict) -> np.ndarray:
-    """Per seed, the fraction of the learning rates whose run ends in phase 1."""
+    """Per seed, the fraction of the learning rates whose run ends in phase 1: its srank collapsed
+    early and never rose again (a run with no early collapse is in no phase, so it is not counted)."""
     stuck = []
     for lr in sorted(m.values("lr", **where)):
         steps, curves = m.curves(lr=lr, metric="srank", **where)
@@ -334,7 +335,8 @@ def claim_quality_phases(m: C.Metrics) -> C.Claim:
     return C.Claim(
         "dataset_size.quality_phases", "With data from a poor behaviour policy the agent stays in phase 1, while "
         "with good data it reaches the later phases (Section 4.1, Fig. 4).", "per seed, the fraction of learning "
-        "rates whose run ends in phase 1 (common.detect_phases) on the weak behaviour's data minus on the "
+        "rates whose run ends in phase 1 (an early srank collapse and no rise after it: common.detect_phases; "
+        "a run with no early collapse is not in phase 1) on the weak behaviour's data minus on the "
         "noiseless, fully trained behaviour's data", "held if > 0 (one-sided sign-flip test, p < 0.05); not held if "
         "< 0", tuple(evidence))
 
@@ -424,15 +426,13 @@ def plot_quality(plt, m: C.Metrics, out: Path) -> None:
             C.plot_band(axes[1, j], *m.curves(lr=lr, metric="return", **where), None, color)
             level = m.value[m.mask(env=env, study="quality", agent="behaviour", noise=d[0], behaviour_training=d[1])]
             axes[1, j].axhline(level[0], color=color, ls=":", lw=1)
-            # A run with no early collapse has no phases to see: its own share (grey, hatched), though
-            # quality_phases' statistic (stuck_in_phase_one) counts it as ending in phase 1.
+            # A run with no early collapse has no phases to see: its own share (grey, hatched).
             counts = np.zeros(4)
             for rate in lrs:
                 s, cs = m.curves(lr=rate, metric="srank", **where)
                 for c in cs:
                     if np.isfinite(c).all():
-                        found = C.detect_phases(s, c)
-                        counts[found.final_phase if found.early_collapse else 0] += 1
+                        counts[C.detect_phases(s, c).final_phase] += 1
             shares = counts / max(counts.sum(), 1)
             for part, alpha in enumerate((1.0, 1.0, 0.6, 0.3)):
                 axes[2, j].bar(k, shares[part], 0.8, bottom=shares[:part].sum(), alpha=alpha,
@@ -440,8 +440,8 @@ def plot_quality(plt, m: C.Metrics, out: Path) -> None:
         axes[0, j].set(xscale="log", title=f"{env} (lr {lr:g})", ylabel="srank")
         axes[1, j].set(xlabel="gradient steps", ylabel="evaluation return\n(dotted: the behaviour's)")
         axes[2, j].set_xticks(range(len(data)), [data_label(d).replace(", ", "\n") for d in data], fontsize=6)
-        axes[2, j].set(ylabel=f"share of runs ({len(lrs)} lrs x seeds): no early\ncollapse (grey; the claim: "
-                              "phase 1) / phase 1\n(dark) / 2 / 3 (light)", ylim=(0, 1))
+        axes[2, j].set(ylabel=f"share of runs ({len(lrs)} lrs x seeds):\nno early collapse (grey) / "
+                              "phase 1\n(dark) / 2 / 3 (light)", ylim=(0, 1))
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"Fig. 4: data quality and the phases of learning ({C.seeds_note(m, study='quality', agent='dqn')})")
     C.save_figure(fig, out, "fig04_data_quality")

@@ -83,6 +83,16 @@ def test_quality_phases(weak_rises, good_rises, expected):
     assert verdicts(D.claim_quality_phases(quality_table(fn))) == [expected]
 
 
+def test_quality_phases_counts_no_collapse_as_no_phase():
+    """Weak data whose srank never collapses is not "stuck in phase 1" (phase 1 is that collapse):
+    against good data whose runs collapse and rise, neither share is phase 1, so no verdict."""
+    def fn(d, lr, seed):
+        srank = (lambda t: 50.0) if d[1] < 1 else phase_curve(True)
+        return {"srank": srank, "return": lambda t: 0.0, "value_error": lambda t: 1.0}
+
+    assert verdicts(D.claim_quality_phases(quality_table(fn))) == ["inconclusive"]
+
+
 def test_quality_phases_not_testable_without_a_weak_dataset():
     fn = lambda d, lr, seed: {"srank": phase_curve(True), "return": lambda t: 0.0, "value_error": lambda t: 1.0}
     assert verdicts(D.claim_quality_phases(quality_table(fn, data=DATA[:2]))) == ["not testable here"]

@@ -745,7 +745,7 @@ def test_detect_phases():
     stuck = C.detect_phases(steps, np.asarray([40, 8, 6, 7, 8, 9, 8, 7, 8]))  # +3 units: not a rise
     assert stuck.early_collapse and not stuck.rise and stuck.final_phase == 1
     slow = C.detect_phases(steps, np.asarray([40, 39, 38, 37, 30, 10, 9, 30, 30]))  # no collapse in 2,000 steps
-    assert not slow.early_collapse and slow.final_phase == 1
+    assert not slow.early_collapse and slow.final_phase == 0
 
 
 def test_stderr():
