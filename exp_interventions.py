@@ -1069,7 +1069,7 @@ def plot_rank_vs_return_activation(plt, runs: Runs, out: Path) -> None:
             scatter_with_correlations(ax, sub.srank[keep], sub.norm_ret[keep], ACT_COLORS[act], act)
         ax.plot([], [], " ", label=f"combined: Pearson {C.pearson(sub.srank, sub.norm_ret):.2f}, "
                 f"Spearman {C.spearman(sub.srank, sub.norm_ret):.2f}")
-        ax.set(title=env, xlabel="final srank", ylabel="final normalised return")
+        ax.set(title=f"{env} ({len(sub.env)} runs)", xlabel="final srank", ylabel="final normalised return")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.suptitle("Fig. 7: final srank vs return of every run of the design, per activation")
     C.save_figure(fig, out, "fig07_rank_vs_return_activation")
