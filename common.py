@@ -2556,19 +2556,22 @@ def git_dirty() -> bool | None:
 
 
 def machine_description() -> str:
-    """The machine a run or a benchmark ran on: architecture, CPU model and core count, e.g.
-    "x86_64, AMD EPYC, 2 cores". Run times are comparable only on one CPU model: the same 2-core
-    study took 1.0-1.4x as long on an AMD EPYC (176-180 GFLOP/s float32 matmul peak) as on an
-    Intel machine (210); the README's run-times table names each reference run's machine (the EPYC
-    made the `cpu` runs), and reference/replicates/ holds the Intel machine's."""
-    model = ""
+    """The machine a run or a benchmark ran on: architecture, CPU model, widest vector instruction
+    set and core count, e.g. "x86_64, AMD EPYC, AVX-512, 2 cores". Run times are comparable only on
+    one CPU type: the same 2-core study took 1.0-1.4x as long on an AMD EPYC with AVX2 (176-180
+    GFLOP/s float32 matmul peak) as on an Intel machine (210). The instruction set is named because
+    XLA's CPU kernels differ with it, so a run repeats bit for bit only on the same one: "AMD EPYC"
+    names machines with AVX2 and with AVX-512 alike."""
+    model, flags = "", set()
     try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     except OSError:
         pass
-    return ", ".join(part for part in (platform.machine(), model or platform.processor(), f"{os.cpu_count()} cores")
-                     if part)
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), "")
+    return ", ".join(part for part in (platform.machine(), model or platform.processor(), isa,
+                                       f"{os.cpu_count()} cores") if part)
 
 
 def write_meta(out: Path, preset: str, config: Any, wall_seconds: float, source: Mapping[str, Any],
