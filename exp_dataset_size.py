@@ -441,11 +441,16 @@ def plot_quality(plt, m: C.Metrics, out: Path) -> None:
             for part, alpha in enumerate((1.0, 1.0, 0.6, 0.3)):
                 axes[2, j].bar(k, shares[part], 0.8, bottom=shares[:part].sum(), alpha=alpha,
                                color="0.85" if part == 0 else color, hatch="//" if part == 0 else None)
-        axes[0, j].set(xscale="log", title=f"{env} (lr {lr:g})", ylabel="srank")
-        axes[1, j].set(xlabel="gradient steps", ylabel="evaluation return\n(dotted: the behaviour's)")
+        axes[0, j].set(xscale="log", title=f"{env} (lr {lr:g})")
+        axes[1, j].set(xlabel="gradient steps")
         axes[2, j].set_xticks(range(len(data)), [data_label(d).replace(", ", "\n") for d in data], fontsize=6)
-        axes[2, j].set(ylabel=f"share of runs ({len(lrs)} lrs x seeds):\nno early collapse (grey) / "
-                              "phase 1\n(dark) / 2 / 3 (light)", ylim=(0, 1))
+        axes[2, j].set(ylim=(0, 1))
+    # One label per row, on the left, so that no label runs into the panel beside it.
+    axes[0, 0].set(ylabel="srank")
+    axes[1, 0].set(ylabel="evaluation return\n(dotted: the behaviour's)")
+    n_lrs = "/".join(str(n) for n in sorted({len(m.values("lr", env=e, study="quality", agent="dqn")) for e in envs}))
+    axes[2, 0].set(ylabel=f"share of runs ({n_lrs} lrs x seeds) by the\nphase they end in: no early collapse\n"
+                          "(grey) / phase 1 (dark) / 2 / 3 (light)")
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"Fig. 4: data quality and the phases of learning ({C.seeds_note(m, study='quality', agent='dqn')})")
     C.save_figure(fig, out, "fig04_data_quality")
