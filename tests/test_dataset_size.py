@@ -1,6 +1,7 @@
 """exp_dataset_size.py's data-quality study: which datasets it collects."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -44,3 +45,34 @@ def test_the_size_studys_length_and_data_are_checked_only_when_it_runs(studies, 
                 cfg.check()
         else:
             cfg.check()
+
+
+@pytest.mark.parametrize("preset", ["cpu", "long", "paper", "smoke"])
+def test_each_sub_study_trains_with_its_own_target_period(preset, monkeypatch, tmp_path):
+    """The size study updates its target network every target_update_period steps (MinAtar's 1,000 or
+    2,500), the bsuite quality study every quality_target_update_period (100). Nothing is collected or
+    trained: the trainer's configs are recorded."""
+    class Data:  # what run() and train() read of a dataset
+        valid, num_actions = np.arange(64), 3
+
+        def __len__(self):
+            return len(self.valid)
+
+    periods = []
+
+    def train_offline(net, ds, loss, members, train, **kwargs):
+        periods.append((kwargs["columns"]["study"], train.target_update_period))
+        return types.SimpleNamespace(rows=[])
+
+    monkeypatch.setattr(D.C, "offline_dataset", lambda *args, **kwargs: Data())
+    monkeypatch.setattr(D.C, "collect_dataset", lambda *args, **kwargs: Data())
+    monkeypatch.setattr(D.C, "episode_returns", lambda ds: np.zeros(1))
+    monkeypatch.setattr(D.C, "default_network", lambda *args, **kwargs: None)
+    monkeypatch.setattr(D.C, "Evaluator", lambda *args, **kwargs: None)
+    monkeypatch.setattr(D.C, "train_offline", train_offline)
+    cfg = D.PRESETS[preset]
+    D.run(cfg, tmp_path, D.C.Timings())
+    assert {"size", "quality"} == {study for study, _ in periods}
+    assert all(period == (cfg.target_update_period if study == "size" else cfg.quality_target_update_period)
+               for study, period in periods)
+    assert all(period == 100 for study, period in periods if study == "quality")
