@@ -22,7 +22,7 @@ SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustnes
 # tandem 47 at d92808a, lr_sweep 115 for its DQN and BC sweeps at ff9b928 and 27 for its batch-size
 # study at 51fe9ae (resuming the sweeps), exp_interventions' memory-task study alone, about 59 + 15
 # at 88c6aa9 (a stopped run and the run that resumed it), and exp_dataset_size's data-quality study
-# alone, 72.5 at 742f45d; the README's run-times table has the
+# alone, 53.7 at 500ca6d on an AVX-512 EPYC; the README's run-times table has the
 # current figures); the MinAtar studies' `long` presets are meant for a GPU:
 # python exp_robustness.py --preset long
 LONG    := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_interventions

@@ -130,7 +130,7 @@ PRESETS = {
                   early_chunk_steps=100, eval_every=2_000, eval_episodes=8, fractions=FRACTIONS, learning_rate=3e-4,
                   batch_size=32, target_update_period=1_000, dataset_noise=0.1, dataset_size=50_000),
     # MinAtar at 1e6 gradient steps (the paper's bsuite length; for a GPU) and the quality study at bsuite's 1e6
-    # gradient steps on its 50k datasets (alone, --studies quality, 72.5 min on 2 CPU cores at 742f45d:
+    # gradient steps on its 50k datasets (alone, --studies quality, 53.7 min on 2 AVX-512 cores at 500ca6d:
     # `make exp_dataset_size-long`).
     "long": Config(env=("minatar/breakout", "minatar/space_invaders"), seeds=5, num_steps=1_000_000, chunk_steps=5_000,
                    early_chunk_steps=100, eval_every=100_000, eval_episodes=10, fractions=FRACTIONS,
