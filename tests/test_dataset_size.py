@@ -1,4 +1,4 @@
-"""exp_dataset_size.py's data-quality study: which datasets it collects."""
+"""exp_dataset_size.py's sub-studies: which datasets they collect, and which target period each trains with."""
 
 import dataclasses
 import types
