@@ -304,7 +304,8 @@ def train_program(cfg: Config, out: Path, timings: C.Timings, env_id: str, ds: C
 
 def run_memory(cfg: Config, out: Path, timings: C.Timings) -> list[dict]:
     """The DeepMind Lab stand-in: the LSTM agent (tanh cell, as R2D2's) on the memory task, with
-    each CURL weight and, separately, with SAM."""
+    each CURL weight and, separately, with SAM. Its target period is the design's control period:
+    2,500 at ``long`` is R2D2's (Kapturowski et al. 2019), the paper's DeepMind Lab agent."""
     history = C.MEMORY_LENGTH + 1
     with timings("collect"):
         ds = C.offline_dataset(cfg.memory_env, noise=cfg.dataset_noise, num_transitions=cfg.memory_dataset_size,
