@@ -83,11 +83,13 @@ def test_committed_claims_are_what_the_code_computes(script, run):
 
 
 def fake_run(directory: Path, verdicts: dict[str, str], machine: str, seeds: int = 5, dirty: bool = False,
-             settings: dict | None = None) -> None:
-    """A committed run's meta.json and claims.json: one claim, one verdict per environment."""
+             settings: dict | None = None, metrics: str = "step,metric,value\n0,srank,3.0\n") -> None:
+    """A committed run's meta.json, claims.json and metrics.csv.gz: one claim, one verdict per environment."""
+    import gzip
     import json
 
     directory.mkdir(parents=True)
+    (directory / "metrics.csv.gz").write_bytes(gzip.compress(metrics.encode(), mtime=0))
     config = {"seeds": seeds, **(settings or {})}
     (directory / "meta.json").write_text(json.dumps({"preset": "cpu", "wall_seconds": 60.0, "machine": machine,
                                                      "git_commit": "0123456789", "git_dirty": dirty, "num_devices": 2,
@@ -109,11 +111,16 @@ def test_a_replicate_is_compared_verdict_by_verdict(tmp_path, monkeypatch):
     fake_run(tmp_path / "exp_tandem" / "cpu", both, "machine A")
     fake_run(tmp_path / "replicates" / "same" / "exp_tandem", both, "machine B")
     assert U.replicate_disagreements() == {}
-    assert "repeated 1 of 1 overall verdicts and 2 of 2 per-environment verdicts" in U.replicates_table()
-    fake_run(tmp_path / "replicates" / "other" / "exp_tandem", {**both, "bsuite/cartpole": "inconclusive"}, "C")
+    table = U.replicates_table()
+    assert "repeated 1 of 1 overall verdicts and 2 of 2 per-environment verdicts" in table
+    assert "The metrics of 1 of them (`exp_tandem`) are the reference's byte for byte." in table
+    assert "per-environment verdicts." in table and "| claim |" not in table  # no empty table of differences
+    fake_run(tmp_path / "replicates" / "other" / "exp_tandem", {**both, "bsuite/cartpole": "inconclusive"}, "C",
+             metrics="step,metric,value\n0,srank,3.0000000000000004\n")
     assert list(U.replicate_disagreements()) == [("cpu", "x.claim", "bsuite/cartpole")]
     table = U.replicates_table()
     assert "repeated 0 of 1 overall verdicts and 1 of 2 per-environment verdicts" in table
+    assert "None of their metrics are the reference's byte for byte." in table
     cartpole = "1 [0.5, 1.5], p = 0.03, n = 5 ({})"
     assert f"| `x.claim` | cartpole | {cartpole.format('held')} | {cartpole.format('inconclusive')} |" in table
     claims = U.claims_table()

@@ -131,10 +131,11 @@ def compare_replicate(scripts: dict[str, Path]) -> dict:
     differs as (preset, claim id, env, the reference's evidence, the replicate's). A script whose
     reference run has other settings (a preset changed since the replicate ran) is not compared:
     ``compared`` maps the scripts that were to their reference run's meta.json, ``changed`` the
-    others to the settings that differ."""
+    others to the settings that differ; ``same_metrics`` lists the compared scripts whose metrics are
+    the reference run's byte for byte."""
     reference_runs = runs()
     counts = {"overall": 0, "overall_same": 0, "envs": 0, "envs_same": 0, "differ": [], "compared": {},
-              "changed": {}}
+              "changed": {}, "same_metrics": []}
     for script, run in scripts.items():
         meta = json.loads((run / "meta.json").read_text())
         preset = meta["preset"]
@@ -147,6 +148,8 @@ def compare_replicate(scripts: dict[str, Path]) -> dict:
             counts["changed"][script] = changed
             continue
         counts["compared"][script] = reference_meta
+        if same_metrics(run, reference_runs[script, preset]):
+            counts["same_metrics"].append(script)
         reference = claims_of(reference_runs[script, preset])
         for cid, claim in claims_of(run).items():
             if cid not in reference:
@@ -162,6 +165,13 @@ def compare_replicate(scripts: dict[str, Path]) -> dict:
                     else:
                         counts["differ"].append((preset, cid, e["env"], ours[e["env"]], e))
     return counts
+
+
+def same_metrics(run: Path, other: Path) -> bool:
+    """Whether two runs wrote the same metrics byte for byte (metrics.csv.gz decompressed)."""
+    paths = run / "metrics.csv.gz", other / "metrics.csv.gz"
+    return all(p.exists() for p in paths) and gzip.decompress(paths[0].read_bytes()) == \
+        gzip.decompress(paths[1].read_bytes())
 
 
 def replicate_disagreements() -> dict[tuple[str, str, str], list[tuple[str, dict, dict]]]:
@@ -366,13 +376,19 @@ def replicates_table() -> str:
         changed = "".join(f" `{s}` is not compared: its reference run has other settings ({', '.join(keys)})."
                           for s, keys in counts["changed"].items())
         plural = "s" if len(commits) > 1 else ""
+        same = counts["same_metrics"]
+        identical = (f"The metrics of {len(same)} of them ({', '.join(f'`{s}`' for s in same)}) are the reference's "
+                     "byte for byte. " if same else "None of their metrics are the reference's byte for byte. ") \
+            if compared else ""
         lines += [f"`{name}` (`{preset}`, {len(scripts)} scripts): {'; '.join(machines)}, commit{plural} "
                   f"{', '.join(f'`{c}`' for c in commits)}.{changed} The {len(compared)} compared scripts took "
                   f"{sum(m['wall_seconds'] for m in compared.values()) / 60:.1f} min, their reference runs "
                   f"{sum(m['wall_seconds'] for m in ref_metas) / 60:.1f} min on {'; '.join(ref_machines)}. "
-                  f"It repeated {counts['overall_same']} of {counts['overall']} overall verdicts and "
-                  f"{counts['envs_same']} of {counts['envs']} per-environment verdicts; the others:", "",
-                  f"| claim | environment | reference (`{preset}`) | `{name}` |", "|---|---|---|---|"]
+                  f"{identical}It repeated {counts['overall_same']} of {counts['overall']} overall verdicts and "
+                  f"{counts['envs_same']} of {counts['envs']} per-environment verdicts"
+                  + ("; the others:" if counts["differ"] else "."), ""]
+        if counts["differ"]:
+            lines += [f"| claim | environment | reference (`{preset}`) | `{name}` |", "|---|---|---|---|"]
         for _, cid, env, ours, theirs in sorted(counts["differ"], key=lambda d: d[:3]):
             lines.append(f"| `{cid}` | {env.split('/')[-1]} | {evidence_line(ours)} | "
                          f"{evidence_line(theirs)} |")
