@@ -157,7 +157,7 @@ PRESETS = {
     # The paper's bsuite hyperparameters (batch 32, Adam 3e-4, discount 0.99, 2x64 where the study does not
     # vary the network) and its 5 seeds, with the number of gradient steps scaled down from 1e6 so that
     # all five sub-studies (31 trainer calls of 5-10 members each) take about 10 minutes on a 2-core CPU
-    # (696 s at 7ccc26c; the README's run-times table has the current figure). The
+    # (537 s at 03383dd on an AVX-512 EPYC; the README's run-times table has the current figure). The
     # LSTM is the slowest network per step (a scan over 11 observations inside every step), so its run
     # is the shortest.
     "cpu": Config(env=BSUITE, seeds=5, num_steps=60_000, depth_steps=30_000, bottleneck_steps=40_000,

@@ -194,7 +194,7 @@ PRESETS = {
     # 1e5 gradient steps (10x cpu) and 2 seeds of the whole design, MinAtar datasets of 1e6
     # transitions: for a GPU (the 64 design runs, 32 per seed, are hours on a 2-core CPU). The memory-task
     # study alone (--studies memory, bsuite), `make exp_interventions-long`, takes about 73 min on the
-    # 2-core AMD EPYC: its CURL program about 59 min (176 s per chunk) in a run that was stopped and its
+    # 2-core AMD EPYC with AVX2: its CURL program about 59 min (176 s per chunk) in a run that was stopped and its
     # SAM program 14.6 min in the run at 88c6aa9 that resumed it (58 min in one run on an Intel CPU
     # with AVX-512 at 59621fd).
     "long": Config(env=("minatar/space_invaders", "minatar/breakout"), seeds=2, num_steps=100_000, chunk_steps=5_000,
