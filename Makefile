@@ -17,7 +17,8 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions
-# The bsuite studies whose `long` preset runs on a 2-core CPU (measured: activation 128 min at 3ffd27d
+# The bsuite studies whose `long` preset runs on a 2-core CPU (measured on an AMD EPYC with AVX2 unless
+# said: activation 128 min at 3ffd27d
 # with its depth and bottleneck studies and 17 for its LSTM study at 1e8f734 (resuming the others),
 # tandem 47 at d92808a, lr_sweep 115 for its DQN and BC sweeps at ff9b928 and 27 for its batch-size
 # study at 51fe9ae (resuming the sweeps), exp_interventions' memory-task study alone, about 59 + 15
