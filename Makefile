@@ -17,13 +17,13 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions
-# The bsuite studies whose `long` preset runs on a 2-core CPU (measured on an AMD EPYC with AVX2 unless
-# said: activation 128 min at 3ffd27d
+# The bsuite studies whose `long` preset runs on a 2-core CPU (measured on an AMD EPYC with AVX2:
+# activation 128 min at 3ffd27d
 # with its depth and bottleneck studies and 17 for its LSTM study at 1e8f734 (resuming the others),
-# tandem 47 at d92808a, lr_sweep 115 for its DQN and BC sweeps at ff9b928 and 27 for its batch-size
-# study at 51fe9ae (resuming the sweeps), exp_interventions' memory-task study alone, about 59 + 15
-# at 88c6aa9 (a stopped run and the run that resumed it), and exp_dataset_size's data-quality study
-# alone, 53.7 at 500ca6d on an AVX-512 EPYC; the README's run-times table has the
+# lr_sweep 115 for its DQN and BC sweeps at ff9b928 and 27 for its batch-size study at 51fe9ae
+# (resuming the sweeps); on an AMD EPYC with AVX-512: tandem 41.1 at f4c395e, exp_interventions'
+# memory-task study alone 57.6 at f4c395e, and exp_dataset_size's data-quality study alone 53.7 at
+# 500ca6d; the README's run-times table has the
 # current figures); the MinAtar studies' `long` presets are meant for a GPU:
 # python exp_robustness.py --preset long
 LONG    := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_interventions

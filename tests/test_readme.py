@@ -83,20 +83,22 @@ def test_committed_claims_are_what_the_code_computes(script, run):
 
 
 def fake_run(directory: Path, verdicts: dict[str, str], machine: str, seeds: int = 5, dirty: bool = False,
-             settings: dict | None = None, metrics: str = "step,metric,value\n0,srank,3.0\n") -> None:
-    """A committed run's meta.json, claims.json and metrics.csv.gz: one claim, one verdict per environment."""
+             settings: dict | None = None, metrics: str = "step,metric,value\n0,srank,3.0\n",
+             overall: str | None = None, preset: str = "cpu") -> None:
+    """A committed run's meta.json, claims.json and metrics.csv.gz: one claim, one verdict per
+    environment; the overall verdict held if every environment's is, else inconclusive, unless given."""
     import gzip
     import json
 
     directory.mkdir(parents=True)
     (directory / "metrics.csv.gz").write_bytes(gzip.compress(metrics.encode(), mtime=0))
     config = {"seeds": seeds, **(settings or {})}
-    (directory / "meta.json").write_text(json.dumps({"preset": "cpu", "wall_seconds": 60.0, "machine": machine,
+    (directory / "meta.json").write_text(json.dumps({"preset": preset, "wall_seconds": 60.0, "machine": machine,
                                                      "git_commit": "0123456789", "git_dirty": dirty, "num_devices": 2,
                                                      "device": "cpu:0", "config": config}))
     evidence = [{"env": env, "verdict": v, "value": 1.0, "low": 0.5, "high": 1.5, "p": 0.03, "n": 5, "note": ""}
                 for env, v in verdicts.items()]
-    overall = "held" if all(v == "held" for v in verdicts.values()) else "inconclusive"
+    overall = overall or ("held" if all(v == "held" for v in verdicts.values()) else "inconclusive")
     (directory / "claims.json").write_text(json.dumps([{"id": "x.claim", "paper": "p", "statistic": "s", "rule": "r",
                                                         "verdict": overall, "summary": "s", "evidence": evidence}]))
 
@@ -113,19 +115,79 @@ def test_a_replicate_is_compared_verdict_by_verdict(tmp_path, monkeypatch):
     assert U.replicate_disagreements() == {}
     table = U.replicates_table()
     assert "repeated 1 of 1 overall verdicts and 2 of 2 per-environment verdicts" in table
-    assert "The metrics of 1 of them (`exp_tandem`) are the reference's byte for byte." in table
+    assert ("The compared script took 1.0 min, its reference run 1.0 min on machine A. Its metrics are the "
+            "reference's byte for byte.") in table
     assert "per-environment verdicts." in table and "| claim |" not in table  # no empty table of differences
+    assert "did not repeat" not in table
     fake_run(tmp_path / "replicates" / "other" / "exp_tandem", {**both, "bsuite/cartpole": "inconclusive"}, "C",
              metrics="step,metric,value\n0,srank,3.0000000000000004\n")
     assert list(U.replicate_disagreements()) == [("cpu", "x.claim", "bsuite/cartpole")]
     table = U.replicates_table()
     assert "repeated 0 of 1 overall verdicts and 1 of 2 per-environment verdicts" in table
-    assert "None of their metrics are the reference's byte for byte." in table
+    assert "Its metrics are not the reference's byte for byte." in table
+    assert "The overall verdict it did not repeat: `x.claim` held in the reference, inconclusive in `other`." in table
+    assert "The per-environment verdict it did not repeat:" in table
     cartpole = "1 [0.5, 1.5], p = 0.03, n = 5 ({})"
     assert f"| `x.claim` | cartpole | {cartpole.format('held')} | {cartpole.format('inconclusive')} |" in table
     claims = U.claims_table()
     assert f"cartpole: 1 [0.5, 1.5], p = 0.03, n = 5 (held) {U.REPEATED_NOT}" in claims
     assert f"catch: 1 [0.5, 1.5], p = 0.03 (held) {U.REPEATED_NOT}" not in claims
+
+
+def test_an_overall_verdict_that_moved_is_named_when_every_environment_repeated(tmp_path, monkeypatch):
+    """An overall verdict can move while every per-environment one repeats (a rule over the
+    environments, or a claim whose overall verdict weighs more than its per-environment ones): the
+    replicate's sentence names it, and of a `long` replicate against the `long` reference."""
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem",))
+    catch = {"bsuite/catch": "held"}
+    fake_run(tmp_path / "exp_tandem" / "long", catch, "machine A", preset="long")
+    fake_run(tmp_path / "replicates" / "slow" / "exp_tandem", catch, "B", overall="not held", preset="long")
+    table = U.replicates_table()
+    assert "`slow` (`long`, 1 script)" in table
+    assert "repeated 0 of 1 overall verdicts and 1 of 1 per-environment verdicts." in table
+    assert "The overall verdict it did not repeat: `x.claim` held in the reference, not held in `slow`." in table
+    assert "| claim |" not in table and U.replicate_disagreements() == {}
+    fake_run(tmp_path / "exp_tandem" / "cpu", catch, "machine A")
+    fake_run(tmp_path / "replicates" / "zed" / "exp_tandem", catch, "C")
+    table = U.replicates_table()
+    assert table.index("`zed` (`cpu`") < table.index("`slow` (`long`")  # by preset, then name
+
+
+def test_a_replicate_of_several_scripts_says_which_metrics_repeated_byte_for_byte(tmp_path, monkeypatch):
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem", "exp_lr_sweep"))
+    catch = {"bsuite/catch": "held"}
+    for script in U.SCRIPTS:
+        fake_run(tmp_path / script / "cpu", catch, "machine A")
+    fake_run(tmp_path / "replicates" / "r" / "exp_tandem", catch, "B")
+    fake_run(tmp_path / "replicates" / "r" / "exp_lr_sweep", catch, "B", metrics="step,metric,value\n0,srank,2.0\n")
+    table = U.replicates_table()
+    assert "`r` (`cpu`, 2 scripts)" in table and "The 2 compared scripts took 2.0 min, their reference runs" in table
+    assert "The metrics of 1 of them (`exp_tandem`) are the reference's byte for byte." in table
+    fake_run(tmp_path / "replicates" / "s" / "exp_tandem", catch, "C", metrics="step,metric,value\n0,srank,2.0\n")
+    fake_run(tmp_path / "replicates" / "s" / "exp_lr_sweep", catch, "C", metrics="step,metric,value\n0,srank,2.0\n")
+    assert "None of their metrics are the reference's byte for byte." in U.replicates_table()
+
+
+def test_a_replicate_holds_the_runs_of_one_preset(tmp_path, monkeypatch):
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
+    fake_run(tmp_path / "replicates" / "m" / "exp_tandem", {"bsuite/catch": "held"}, "B")
+    fake_run(tmp_path / "results" / "exp_tandem", {"bsuite/catch": "held"}, "B", preset="long")
+    (tmp_path / "results" / "exp_tandem" / "metrics.csv").write_text("step,metric,value\n")
+    with pytest.raises(SystemExit, match="holds cpu runs, not long"):
+        U.promote("long", tmp_path / "results", ("exp_tandem",), replicate="m")
+    U.promote("long", tmp_path / "results", ("exp_tandem",), replicate="m-long")
+    assert (tmp_path / "replicates" / "m-long" / "exp_tandem" / "claims.json").exists()
+    U.promote("long", tmp_path / "results", ("exp_tandem",), replicate="m-long")  # the same preset again
 
 
 def test_a_replicate_of_other_settings_is_not_compared(tmp_path, monkeypatch):

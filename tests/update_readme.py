@@ -45,7 +45,8 @@ VERDICT = {"held": "**held**", "not held": "**not held**", "inconclusive": "inco
 
 def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS, replicate: str | None = None) -> None:
     """Copies each finished run of ``results`` into reference/<script>/<preset>/, or with
-    ``replicate`` into reference/replicates/<replicate>/<script>/ (the same runs on another machine)."""
+    ``replicate`` into reference/replicates/<replicate>/<script>/ (the same runs on another machine;
+    a replicate holds the runs of one preset)."""
     for script in scripts:
         run = results / script
         if not (run / "meta.json").exists():
@@ -56,6 +57,11 @@ def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS, repl
         if meta.get("git_dirty"):  # shown in the README's run-times table too
             print(f"warning: {run} ran with uncommitted changes to tracked files; its commit alone does not "
                   "reproduce it", file=sys.stderr)
+        if replicate:  # its README line names one preset
+            held = {json.loads(m.read_text())["preset"] for m in (REPLICATES / replicate).glob("exp_*/meta.json")}
+            if held - {preset}:
+                sys.exit(f"reference/replicates/{replicate} holds {', '.join(sorted(held))} runs, not {preset}: "
+                         f"give the {preset} runs a replicate of their own (--replicate {replicate}-{preset})")
         target = REPLICATES / replicate / script if replicate else REFERENCE / script / preset
         target.mkdir(parents=True, exist_ok=True)
         with open(run / "metrics.csv", "rb") as f:
@@ -99,11 +105,12 @@ def runs() -> dict[tuple[str, str], Path]:
 
 
 def replicate_runs() -> dict[str, dict[str, Path]]:
-    """name -> {script: run} of reference/replicates/."""
+    """name -> {script: run} of reference/replicates/, by preset (cpu first), then name."""
     found: dict[str, dict[str, Path]] = {}
     for meta in sorted(REPLICATES.glob("*/exp_*/meta.json")):
         found.setdefault(meta.parent.parent.name, {})[meta.parent.name] = meta.parent
-    return found
+    preset = lambda name: json.loads((next(iter(found[name].values())) / "meta.json").read_text())["preset"]
+    return {name: found[name] for name in sorted(found, key=lambda name: (PRESETS.index(preset(name)), name))}
 
 
 def claims_of(run: Path) -> dict[str, dict]:
@@ -127,15 +134,16 @@ def settings(script: str, config: dict) -> dict:
 
 def compare_replicate(scripts: dict[str, Path]) -> dict:
     """A replicate's claims against the reference runs of the same preset and settings: the overall
-    verdicts and per-environment verdicts compared and repeated, and each per-environment pair that
-    differs as (preset, claim id, env, the reference's evidence, the replicate's). A script whose
+    verdicts and per-environment verdicts compared and repeated, each overall verdict that differs
+    as (preset, claim id, the reference's verdict, the replicate's), and each per-environment pair
+    that differs as (preset, claim id, env, the reference's evidence, the replicate's). A script whose
     reference run has other settings (a preset changed since the replicate ran) is not compared:
     ``compared`` maps the scripts that were to their reference run's meta.json, ``changed`` the
     others to the settings that differ; ``same_metrics`` lists the compared scripts whose metrics are
     the reference run's byte for byte."""
     reference_runs = runs()
-    counts = {"overall": 0, "overall_same": 0, "envs": 0, "envs_same": 0, "differ": [], "compared": {},
-              "changed": {}, "same_metrics": []}
+    counts = {"overall": 0, "overall_same": 0, "envs": 0, "envs_same": 0, "overall_differ": [], "differ": [],
+              "compared": {}, "changed": {}, "same_metrics": []}
     for script, run in scripts.items():
         meta = json.loads((run / "meta.json").read_text())
         preset = meta["preset"]
@@ -155,7 +163,10 @@ def compare_replicate(scripts: dict[str, Path]) -> dict:
             if cid not in reference:
                 continue
             counts["overall"] += 1
-            counts["overall_same"] += claim["verdict"] == reference[cid]["verdict"]
+            if claim["verdict"] == reference[cid]["verdict"]:
+                counts["overall_same"] += 1
+            else:
+                counts["overall_differ"].append((preset, cid, reference[cid]["verdict"], claim["verdict"]))
             ours = {e["env"]: e for e in reference[cid]["evidence"]}
             for e in claim["evidence"]:
                 if e["env"] in ours:
@@ -360,9 +371,18 @@ def times_table() -> str:
     return "\n".join(lines)
 
 
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def the(n: int, noun: str) -> str:
+    """A sentence's start: 'The noun' for one, 'The n nouns' for several."""
+    return f"The {noun}" if n == 1 else f"The {n} {noun}s"
+
+
 def replicates_table() -> str:
     """Per replicate: its machine, commit and time beside the reference's, how many verdicts it
-    repeated, and each per-environment verdict it did not."""
+    repeated, and each overall and per-environment verdict it did not."""
     replicates = replicate_runs()
     if not replicates:
         return "(no replicate yet: `make replicate NAME=<machine>` on another machine)"
@@ -380,23 +400,44 @@ def replicates_table() -> str:
                           for s, keys in counts["changed"].items())
         plural = "s" if len(commits) > 1 else ""
         same = counts["same_metrics"]
-        identical = (f"The metrics of {len(same)} of them ({', '.join(f'`{s}`' for s in same)}) are the reference's "
-                     "byte for byte. " if same else "None of their metrics are the reference's byte for byte. ") \
-            if compared else ""
-        lines += [f"`{name}` (`{preset}`, {len(scripts)} scripts): {'; '.join(machines)}, commit{plural} "
-                  f"{', '.join(f'`{c}`' for c in commits)}.{changed} The {len(compared)} compared scripts took "
-                  f"{sum(m['wall_seconds'] for m in compared.values()) / 60:.1f} min, their reference runs "
+        one = len(compared) == 1
+        if not compared:
+            identical = ""
+        elif one:
+            identical = f"Its metrics are {'' if same else 'not '}the reference's byte for byte. "
+        elif same:
+            names = ", ".join(f"`{s}`" for s in same)
+            identical = f"The metrics of {len(same)} of them ({names}) are the reference's byte for byte. "
+        else:
+            identical = "None of their metrics are the reference's byte for byte. "
+        lines += [f"`{name}` (`{preset}`, {count(len(scripts), 'script')}): {'; '.join(machines)}, "
+                  f"commit{plural} {', '.join(f'`{c}`' for c in commits)}.{changed} "
+                  f"{the(len(compared), 'compared script')} took "
+                  f"{sum(m['wall_seconds'] for m in compared.values()) / 60:.1f} min, "
+                  f"{'its reference run' if one else 'their reference runs'} "
                   f"{sum(m['wall_seconds'] for m in ref_metas) / 60:.1f} min on {'; '.join(ref_machines)}. "
                   f"{identical}It repeated {counts['overall_same']} of {counts['overall']} overall verdicts and "
-                  f"{counts['envs_same']} of {counts['envs']} per-environment verdicts"
-                  + ("; the others:" if counts["differ"] else "."), ""]
+                  f"{counts['envs_same']} of {counts['envs']} per-environment verdicts."
+                  + overall_moves(counts["overall_differ"], name)
+                  + (f" {the(len(counts['differ']), 'per-environment verdict')} it did not repeat:"
+                     if counts["differ"] else ""), ""]
         if counts["differ"]:
             lines += [f"| claim | environment | reference (`{preset}`) | `{name}` |", "|---|---|---|---|"]
-        for _, cid, env, ours, theirs in sorted(counts["differ"], key=lambda d: d[:3]):
-            lines.append(f"| `{cid}` | {env.split('/')[-1]} | {evidence_line(ours)} | "
-                         f"{evidence_line(theirs)} |")
-        lines.append("")
+            for _, cid, env, ours, theirs in sorted(counts["differ"], key=lambda d: d[:3]):
+                lines.append(f"| `{cid}` | {env.split('/')[-1]} | {evidence_line(ours)} | "
+                             f"{evidence_line(theirs)} |")
+            lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def overall_moves(differ: list[tuple[str, str, str, str]], name: str) -> str:
+    """The overall verdicts a replicate did not repeat, as a sentence ("" when it repeated them all)."""
+    if not differ:
+        return ""
+    plain = {"not testable here": "not testable"}
+    moves = "; ".join(f"`{cid}` {plain.get(ours, ours)} in the reference, {plain.get(theirs, theirs)} in `{name}`"
+                      for _, cid, ours, theirs in sorted(differ))
+    return f" {the(len(differ), 'overall verdict')} it did not repeat: {moves}."
 
 
 def bench_table(path: Path, how: str = "run `make bench`") -> str:
