@@ -434,8 +434,8 @@ def overall_moves(differ: list[tuple[str, str, str, str]], name: str) -> str:
     """The overall verdicts a replicate did not repeat, as a sentence ("" when it repeated them all)."""
     if not differ:
         return ""
-    plain = {"not testable here": "not testable"}
-    moves = "; ".join(f"`{cid}` {plain.get(ours, ours)} in the reference, {plain.get(theirs, theirs)} in `{name}`"
+    plain = lambda verdict: VERDICT[verdict].strip("*")  # the claims table's words, without the bold
+    moves = "; ".join(f"`{cid}` {plain(ours)} in the reference, {plain(theirs)} in `{name}`"
                       for _, cid, ours, theirs in sorted(differ))
     return f" {the(len(differ), 'overall verdict')} it did not repeat: {moves}."
 
