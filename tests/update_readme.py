@@ -134,7 +134,7 @@ def settings(script: str, config: dict) -> dict:
 
 def compare_replicate(scripts: dict[str, Path]) -> dict:
     """A replicate's claims against the reference runs of the same preset and settings: the overall
-    verdicts and per-environment verdicts compared and repeated, each overall verdict that differs
+    verdicts and per-environment verdicts compared, each overall verdict that differs
     as (preset, claim id, the reference's verdict, the replicate's), and each per-environment pair
     that differs as (preset, claim id, env, the reference's evidence, the replicate's). A script whose
     reference run has other settings (a preset changed since the replicate ran) is not compared:
@@ -142,8 +142,8 @@ def compare_replicate(scripts: dict[str, Path]) -> dict:
     others to the settings that differ; ``same_metrics`` lists the compared scripts whose metrics are
     the reference run's byte for byte."""
     reference_runs = runs()
-    counts = {"overall": 0, "overall_same": 0, "envs": 0, "envs_same": 0, "overall_differ": [], "differ": [],
-              "compared": {}, "changed": {}, "same_metrics": []}
+    counts = {"overall": 0, "envs": 0, "overall_differ": [], "differ": [], "compared": {}, "changed": {},
+              "same_metrics": []}
     for script, run in scripts.items():
         meta = json.loads((run / "meta.json").read_text())
         preset = meta["preset"]
@@ -163,17 +163,13 @@ def compare_replicate(scripts: dict[str, Path]) -> dict:
             if cid not in reference:
                 continue
             counts["overall"] += 1
-            if claim["verdict"] == reference[cid]["verdict"]:
-                counts["overall_same"] += 1
-            else:
+            if claim["verdict"] != reference[cid]["verdict"]:
                 counts["overall_differ"].append((preset, cid, reference[cid]["verdict"], claim["verdict"]))
             ours = {e["env"]: e for e in reference[cid]["evidence"]}
             for e in claim["evidence"]:
                 if e["env"] in ours:
                     counts["envs"] += 1
-                    if e["verdict"] == ours[e["env"]]["verdict"]:
-                        counts["envs_same"] += 1
-                    else:
+                    if e["verdict"] != ours[e["env"]]["verdict"]:
                         counts["differ"].append((preset, cid, e["env"], ours[e["env"]], e))
     return counts
 
@@ -416,8 +412,9 @@ def replicates_table() -> str:
                   f"{sum(m['wall_seconds'] for m in compared.values()) / 60:.1f} min, "
                   f"{'its reference run' if one else 'their reference runs'} "
                   f"{sum(m['wall_seconds'] for m in ref_metas) / 60:.1f} min on {'; '.join(ref_machines)}. "
-                  f"{identical}It repeated {counts['overall_same']} of {counts['overall']} overall verdicts and "
-                  f"{counts['envs_same']} of {counts['envs']} per-environment verdicts."
+                  f"{identical}It repeated {counts['overall'] - len(counts['overall_differ'])} of {counts['overall']} "
+                  f"overall verdicts and {counts['envs'] - len(counts['differ'])} of {counts['envs']} "
+                  "per-environment verdicts."
                   + overall_moves(counts["overall_differ"], name)
                   + (f" {the(len(counts['differ']), 'per-environment verdict')} it did not repeat:"
                      if counts["differ"] else ""), ""]
