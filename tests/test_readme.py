@@ -173,7 +173,33 @@ def test_a_replicate_of_several_scripts_says_which_metrics_repeated_byte_for_byt
     assert "The metrics of 1 of them (`exp_tandem`) are the reference's byte for byte." in table
     fake_run(tmp_path / "replicates" / "s" / "exp_tandem", catch, "C", metrics="step,metric,value\n0,srank,2.0\n")
     fake_run(tmp_path / "replicates" / "s" / "exp_lr_sweep", catch, "C", metrics="step,metric,value\n0,srank,2.0\n")
-    assert "None of their metrics are the reference's byte for byte." in U.replicates_table()
+    assert "None of the compared scripts' metrics are the reference's byte for byte." in U.replicates_table()
+
+
+def test_a_replicate_compares_times_only_of_runs_timed_whole(tmp_path, monkeypatch):
+    """A run that resumed trainings without their earlier time timed only its own part: summing it
+    beside a whole run would make one machine look faster. A resumed run whose checkpoints recorded
+    what the trainings took before is timed whole."""
+    import json
+
+    import update_readme as U
+
+    monkeypatch.setattr(U, "REFERENCE", tmp_path)
+    monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
+    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem", "exp_lr_sweep"))
+    catch = {"bsuite/catch": "held"}
+    for script in U.SCRIPTS:
+        fake_run(tmp_path / script / "cpu", catch, "machine A")
+        fake_run(tmp_path / "replicates" / "r" / script, catch, "B")
+    meta = tmp_path / "replicates" / "r" / "exp_lr_sweep" / "meta.json"
+    resumed = {**json.loads(meta.read_text()), "resumed": {"dqn_0": "2 of 2 chunks"}}
+    meta.write_text(json.dumps(resumed))
+    table = U.replicates_table()
+    assert ("The compared script timed whole (`exp_tandem`) took 1.0 min, its reference run 1.0 min on machine A. "
+            "Left out of the times, as a run resumed trainings whose earlier time was not recorded: "
+            "`exp_lr_sweep`.") in table
+    meta.write_text(json.dumps({**resumed, "resumed_seconds": {"dqn_0": 240.0}}))
+    assert "The 2 compared scripts took 6.0 min, their reference runs 2.0 min on machine A." in U.replicates_table()
 
 
 def test_a_replicate_holds_the_runs_of_one_preset(tmp_path, monkeypatch):

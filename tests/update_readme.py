@@ -323,6 +323,14 @@ def verdict_counts() -> str:
     return "\n".join(lines)
 
 
+def earlier_seconds(meta: dict) -> float | None:
+    """What the trainings a run resumed from checkpoints had taken in earlier runs (0 for a run that
+    resumed none), or None where a checkpoint predates recording it: a resumed run's wall_seconds
+    timed only its own process."""
+    before = [meta.get("resumed_seconds", {}).get(name) for name in meta.get("resumed", {})]
+    return None if None in before else sum(before)
+
+
 def times_table() -> str:
     lines = ["| script | preset | wall time | evaluation share | where the time went (seconds) | machine | commit |",
              "|---|---|---|---|---|---|---|"]
@@ -344,17 +352,16 @@ def times_table() -> str:
             share = f"{spent.get('evaluate', 0.0) / meta['wall_seconds']:.1%}"
             # A run that resumed trainings from checkpoints timed only its own process; the checkpoints
             # record what their trainings took before (not those written before they recorded it).
-            resumed = meta.get("resumed", {})
+            resumed, before = meta.get("resumed", {}), earlier_seconds(meta)
             wall = f"{meta['wall_seconds'] / 60:.1f} min"
             if resumed:
                 trainings = f"{len(resumed)} training{'s' if len(resumed) > 1 else ''}"
-                before = [meta.get("resumed_seconds", {}).get(name) for name in resumed]
-                if None in before:
+                if before is None:
                     wall += f" (resumed {trainings} from an earlier run)"
                     partial.add(preset)
                 else:
-                    wall += f" (resumed {trainings}, which had taken {sum(before) / 60:.1f} min in earlier runs)"
-                    earlier[preset] = earlier.get(preset, 0.0) + sum(before)
+                    wall += f" (resumed {trainings}, which had taken {before / 60:.1f} min in earlier runs)"
+                    earlier[preset] = earlier.get(preset, 0.0) + before
             commit = f"`{meta.get('git_commit', '')[:7]}`" + (" + uncommitted changes" if meta.get("git_dirty") else "")
             lines.append(f"| `{script}` | `{preset}` | {wall} | {share} | {seconds} | "
                          f"{meta.get('machine', '')}, {meta['num_devices']} x {meta['device']} | {commit} |")
@@ -388,9 +395,7 @@ def replicates_table() -> str:
         preset = next(iter(metas.values()))["preset"]
         counts = compare_replicate(scripts)
         compared = {s: metas[s] for s in counts["compared"]}
-        ref_metas = list(counts["compared"].values())
         machines = sorted({m.get("machine", "") for m in metas.values()})
-        ref_machines = sorted({m.get("machine", "") for m in ref_metas})
         commits = sorted({m.get("git_commit", "")[:7] for m in metas.values()})
         changed = "".join(f" `{s}` is not compared: its reference run has other settings ({', '.join(keys)})."
                           for s, keys in counts["changed"].items())
@@ -405,13 +410,10 @@ def replicates_table() -> str:
             names = ", ".join(f"`{s}`" for s in same)
             identical = f"The metrics of {len(same)} of them ({names}) are the reference's byte for byte. "
         else:
-            identical = "None of their metrics are the reference's byte for byte. "
+            identical = "None of the compared scripts' metrics are the reference's byte for byte. "
         lines += [f"`{name}` (`{preset}`, {count(len(scripts), 'script')}): {'; '.join(machines)}, "
                   f"commit{plural} {', '.join(f'`{c}`' for c in commits)}.{changed} "
-                  f"{the(len(compared), 'compared script')} took "
-                  f"{sum(m['wall_seconds'] for m in compared.values()) / 60:.1f} min, "
-                  f"{'its reference run' if one else 'their reference runs'} "
-                  f"{sum(m['wall_seconds'] for m in ref_metas) / 60:.1f} min on {'; '.join(ref_machines)}. "
+                  f"{replicate_times(compared, counts['compared'])}"
                   f"{identical}It repeated {counts['overall'] - len(counts['overall_differ'])} of {counts['overall']} "
                   f"overall verdicts and {counts['envs'] - len(counts['differ'])} of {counts['envs']} "
                   "per-environment verdicts."
@@ -425,6 +427,27 @@ def replicates_table() -> str:
                              f"{evidence_line(theirs)} |")
             lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def replicate_times(metas: dict[str, dict], reference: dict[str, dict]) -> str:
+    """The sentence that sets a replicate's run times beside the reference runs', over the compared
+    scripts timed whole on both sides: a run that resumed trainings whose earlier time its checkpoints
+    did not record timed only its own part, so the sums would compare parts with wholes."""
+    whole = lambda meta: None if earlier_seconds(meta) is None else meta["wall_seconds"] + earlier_seconds(meta)
+    timed = [s for s in reference if whole(metas[s]) is not None and whole(reference[s]) is not None]
+    untimed = [s for s in reference if s not in timed]
+    machines = sorted({reference[s].get("machine", "") for s in timed})
+    names = lambda scripts: ", ".join(f"`{s}`" for s in scripts)
+    sentence = ""
+    if timed:
+        which = f" timed whole ({names(timed)})" if untimed else ""
+        sentence = (f"{the(len(timed), 'compared script')}{which} took {sum(whole(metas[s]) for s in timed) / 60:.1f} "
+                    f"min, {'its reference run' if len(timed) == 1 else 'their reference runs'} "
+                    f"{sum(whole(reference[s]) for s in timed) / 60:.1f} min on {'; '.join(machines)}. ")
+    if untimed:
+        sentence += ("Left out of the times, as a run resumed trainings whose earlier time was not recorded: "
+                     f"{names(untimed)}. ")
+    return sentence
 
 
 def overall_moves(differ: list[tuple[str, str, str, str]], name: str) -> str:
