@@ -1925,6 +1925,7 @@ def train_offline(
     """
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
     timings = timings or Timings()
     plan = chunk_plan(cfg)
     stream = ds if isinstance(ds, DQNReplayStream) else None
@@ -1966,6 +1967,11 @@ def train_offline(
     probe_fn = make_probe_fn(net, None if sharding is None else sharding.mesh)
     columns = dict(columns or {})
     member_columns = [{**columns, **m.columns, "seed": m.seed} for m in members]
+    # The call's name in meta.json's ``trainings``: its progress bar's, with the member columns every
+    # member shares (lr_sweep's batch-256 sweep is then told from its batch-32 one).
+    shared = {k: v for k, v in members[0].columns.items() if all(k in m.columns and m.columns[k] == v for m in members)}
+    label = " ".join([*(str(v) for v in columns.values()), *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                             for k, v in shared.items())])
 
     recorder = Recorder(None, {}, member_columns, cfg.checkpoint_seconds)
     if checkpoints is not None:
@@ -2035,7 +2041,9 @@ def train_offline(
                 recorder.save(state, {"chunks_done": chunk + 1})
             last_save = time.time()
     bar.close()
-    return TrainResult(unsharded(state, real), recorder.finish(), dict(recorder.diverged))
+    result = TrainResult(unsharded(state, real), recorder.finish(), dict(recorder.diverged))
+    timings.note_training(label, time.perf_counter() - started)
+    return result
 
 
 def member_groups(bounds: list[tuple[int, int]], sharding) -> tuple[Callable, Callable]:
@@ -2373,10 +2381,12 @@ class Timings:
     """Wall seconds per phase of a run (compile, train, probe, evaluate, collect, checkpoint, ...):
     ``with timings("train"): ...``. Written to meta.json, so a run says where its time went, and
     which of its trainings continued from a checkpoint, and the seconds those had taken in the
-    earlier runs (not in this run's)."""
+    earlier runs (not in this run's). ``trainings`` splits the same wall time by trainer call, so a
+    run also says which of its sub-studies took it."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.trainings: dict[str, float] = {}  # a trainer call's label -> this run's wall seconds in it
         self.resumed: dict[str, str] = {}  # checkpoint directory -> how far it had got
         self.resumed_seconds: dict[str, float | None] = {}  # -> its wall seconds then (None: not recorded)
 
@@ -2392,8 +2402,18 @@ class Timings:
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
+    def note_training(self, label: str, seconds: float) -> None:
+        self.trainings[label] = self.trainings.get(label, 0.0) + seconds
+
     def summary(self) -> dict[str, float]:
         return {k: round(v, 1) for k, v in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
+
+    def meta(self) -> dict[str, Any]:
+        """What meta.json records: the seconds per phase and per trainer call, and the trainings
+        resumed from checkpoints with the seconds they had taken before."""
+        resumed = {"resumed": self.resumed, "resumed_seconds": self.resumed_seconds} if self.resumed else {}
+        trainings = {"trainings": {k: round(v, 1) for k, v in self.trainings.items()}} if self.trainings else {}
+        return {"seconds": self.summary(), **trainings, **resumed}
 
 
 FIXED_COLUMNS = ("study", "env", "agent", "seed")  # first in metrics.csv; the swept settings follow
@@ -3022,9 +3042,7 @@ def _run_study(study: Study, preset: str, config: Any, out: Path, plot_only: boo
         extra = study.run(config, out, timings) or {}
         if not is_main_process():  # process 0 writes the run's files
             return
-        resumed = {"resumed": timings.resumed, "resumed_seconds": timings.resumed_seconds} if timings.resumed else {}
-        write_meta(out, preset, config, time.time() - start, source,
-                   {"seconds": timings.summary(), **resumed, **extra})
+        write_meta(out, preset, config, time.time() - start, source, {**timings.meta(), **extra})
     metrics = Metrics(metrics_path(out))
     if study.analyse is not None:
         study.analyse(metrics, config, figures)

@@ -469,6 +469,22 @@ def test_metrics_rows_carry_the_run_and_member_columns():
     assert all(1 <= r["value"] <= 16 for r in srank) and all(r["lr"] == 1e-3 for r in srank)
 
 
+def test_a_run_records_each_trainer_calls_wall_time_under_its_label():
+    """meta.json's ``trainings``: per trainer call, its progress bar's label and the member columns
+    every member shares, so two sweeps that differ only in a shared setting are told apart."""
+    timings = C.Timings()
+    cfg = dataclasses.replace(TINY, num_steps=50)
+    for batch in (16, 32):
+        _train([C.Member(s, 1e-3 * (s + 1), columns={"lr": 1e-3 * (s + 1), "batch_size": batch}) for s in (0, 1)],
+               cfg=cfg, timings=timings)
+    _train([C.Member(0, 1e-3, columns={"lr": 1e-3, "batch_size": 16})], cfg=cfg, timings=timings)
+    trainings = timings.meta()["trainings"]
+    assert sorted(trainings) == ["test bsuite/catch dqn batch_size=16", "test bsuite/catch dqn batch_size=32",
+                                 "test bsuite/catch dqn lr=0.001 batch_size=16"]
+    assert all(seconds > 0 for seconds in timings.trainings.values())  # meta.json's, rounded to 0.1 s, may be 0
+    assert "trainings" not in C.Timings().meta()  # a run with no trainer call (tandem) records none
+
+
 def test_a_diverged_member_is_marked_and_the_others_go_on(capsys):
     result = _train([C.Member(0, 1e-3, columns={"run": "ok"}), C.Member(0, float("nan"), columns={"run": "bad"})])
     assert result.diverged == {1: 50}
