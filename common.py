@@ -1970,8 +1970,8 @@ def train_offline(
     # The call's name in meta.json's ``trainings``: its progress bar's, with the member columns every
     # member shares (lr_sweep's batch-256 sweep is then told from its batch-32 one).
     shared = {k: v for k, v in members[0].columns.items() if all(k in m.columns and m.columns[k] == v for m in members)}
-    label = " ".join([*(str(v) for v in columns.values()), *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                                             for k, v in shared.items())])
+    setting = lambda k, v: f"{k}={v:g}" if isinstance(v, (float, np.floating)) else f"{k}={v}"
+    label = " ".join([*(str(v) for v in columns.values()), *(setting(k, v) for k, v in shared.items())])
 
     recorder = Recorder(None, {}, member_columns, cfg.checkpoint_seconds)
     if checkpoints is not None:
@@ -2381,8 +2381,9 @@ class Timings:
     """Wall seconds per phase of a run (compile, train, probe, evaluate, collect, checkpoint, ...):
     ``with timings("train"): ...``. Written to meta.json, so a run says where its time went, and
     which of its trainings continued from a checkpoint, and the seconds those had taken in the
-    earlier runs (not in this run's). ``trainings`` splits the same wall time by trainer call, so a
-    run also says which of its sub-studies took it."""
+    earlier runs (not in this run's). ``trainings`` is the wall time spent in each trainer call
+    (compile, training, probes and evaluation; calls with one label add up), so a run also says which
+    of its sub-studies took its time."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}

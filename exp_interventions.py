@@ -194,8 +194,8 @@ PRESETS = {
     # 1e5 gradient steps (10x cpu) and 2 seeds of the whole design, MinAtar datasets of 1e6
     # transitions: for a GPU (the 64 design runs, 32 per seed, are hours on a 2-core CPU). The memory-task
     # study alone (--studies memory, bsuite), `make exp_interventions-long`, took 57.6 min in one run
-    # on a 2-core AMD EPYC with AVX-512 at f4c395e, about 73 on one with AVX2 (its CURL program 176 s
-    # per 5,000-step chunk, its SAM program 14.6 min) and 58 on an Intel CPU.
+    # on a 2-core AMD EPYC with AVX-512 at f4c395e, about 73 on one with AVX2 (stopped after its CURL
+    # program and resumed) and 58 on an Intel CPU.
     "long": Config(env=("minatar/space_invaders", "minatar/breakout"), seeds=2, num_steps=100_000, chunk_steps=5_000,
                    eval_every=10_000, eval_episodes=10, batch_size=32, learning_rate=3e-4,
                    treatment_learning_rate=3e-3, target_update_period=2_500, treatment_target_update_period=200,

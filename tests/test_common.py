@@ -478,6 +478,10 @@ def test_a_run_records_each_trainer_calls_wall_time_under_its_label():
         _train([C.Member(s, 1e-3 * (s + 1), columns={"lr": 1e-3 * (s + 1), "batch_size": batch}) for s in (0, 1)],
                cfg=cfg, timings=timings)
     _train([C.Member(0, 1e-3, columns={"lr": 1e-3, "batch_size": 16})], cfg=cfg, timings=timings)
+    first = timings.trainings["test bsuite/catch dqn batch_size=16"]
+    _train([C.Member(s, 1e-3 * s, columns={"lr": 1e-3 * s, "batch_size": 16}) for s in (2, 3)], cfg=cfg,
+           timings=timings)
+    assert timings.trainings["test bsuite/catch dqn batch_size=16"] > first  # calls with one label add up
     trainings = timings.meta()["trainings"]
     assert sorted(trainings) == ["test bsuite/catch dqn batch_size=16", "test bsuite/catch dqn batch_size=32",
                                  "test bsuite/catch dqn lr=0.001 batch_size=16"]

@@ -115,8 +115,8 @@ def test_a_replicate_is_compared_verdict_by_verdict(tmp_path, monkeypatch):
     assert U.replicate_disagreements() == {}
     table = U.replicates_table()
     assert "repeated 1 of 1 overall verdicts and 2 of 2 per-environment verdicts" in table
-    assert ("The compared script took 1.0 min, its reference run 1.0 min on machine A. Its metrics are the "
-            "reference's byte for byte.") in table
+    assert ("The compared script took 1.0 min, its reference run 1.0 min on machine A. The metrics of `exp_tandem` "
+            "are the reference's byte for byte.") in table
     assert "per-environment verdicts." in table and "| claim |" not in table  # no empty table of differences
     assert "did not repeat" not in table
     fake_run(tmp_path / "replicates" / "other" / "exp_tandem", {**both, "bsuite/cartpole": "inconclusive"}, "C",
@@ -124,7 +124,7 @@ def test_a_replicate_is_compared_verdict_by_verdict(tmp_path, monkeypatch):
     assert list(U.replicate_disagreements()) == [("cpu", "x.claim", "bsuite/cartpole")]
     table = U.replicates_table()
     assert "repeated 0 of 1 overall verdicts and 1 of 2 per-environment verdicts" in table
-    assert "Its metrics are not the reference's byte for byte." in table
+    assert "The metrics of `exp_tandem` are not the reference's byte for byte." in table
     assert "The overall verdict it did not repeat: `x.claim` held in the reference, inconclusive in `other`." in table
     assert "The per-environment verdict it did not repeat:" in table
     cartpole = "1 [0.5, 1.5], p = 0.03, n = 5 ({})"
@@ -170,7 +170,7 @@ def test_a_replicate_of_several_scripts_says_which_metrics_repeated_byte_for_byt
     fake_run(tmp_path / "replicates" / "r" / "exp_lr_sweep", catch, "B", metrics="step,metric,value\n0,srank,2.0\n")
     table = U.replicates_table()
     assert "`r` (`cpu`, 2 scripts)" in table and "The 2 compared scripts took 2.0 min, their reference runs" in table
-    assert "The metrics of 1 of them (`exp_tandem`) are the reference's byte for byte." in table
+    assert "The metrics of 1 of the compared scripts (`exp_tandem`) are the reference's byte for byte." in table
     fake_run(tmp_path / "replicates" / "s" / "exp_tandem", catch, "C", metrics="step,metric,value\n0,srank,2.0\n")
     fake_run(tmp_path / "replicates" / "s" / "exp_lr_sweep", catch, "C", metrics="step,metric,value\n0,srank,2.0\n")
     assert "None of the compared scripts' metrics are the reference's byte for byte." in U.replicates_table()
@@ -196,10 +196,21 @@ def test_a_replicate_compares_times_only_of_runs_timed_whole(tmp_path, monkeypat
     meta.write_text(json.dumps(resumed))
     table = U.replicates_table()
     assert ("The compared script timed whole (`exp_tandem`) took 1.0 min, its reference run 1.0 min on machine A. "
-            "Left out of the times, as a run resumed trainings whose earlier time was not recorded: "
-            "`exp_lr_sweep`.") in table
+            "Not timed whole, so left out of the times: `exp_lr_sweep` (its run in this replicate resumed trainings "
+            "whose earlier time was not recorded).") in table
     meta.write_text(json.dumps({**resumed, "resumed_seconds": {"dqn_0": 240.0}}))
     assert "The 2 compared scripts took 6.0 min, their reference runs 2.0 min on machine A." in U.replicates_table()
+    # The reference side counts as well, and a replicate may have no script timed whole.
+    for script in U.SCRIPTS:
+        reference = tmp_path / script / "cpu" / "meta.json"
+        reference.write_text(json.dumps({**json.loads(reference.read_text()), "resumed": {"bc_0": "1 of 2 chunks"}}))
+    table = U.replicates_table()
+    assert " took " not in table  # no times to set side by side
+    assert "Not timed whole, so left out of the times: `" in table
+    for script in U.SCRIPTS:
+        assert f"`{script}` (its reference run resumed trainings whose earlier time was not recorded)" in table
+    meta.write_text(json.dumps(resumed))
+    assert "`exp_lr_sweep` (its run in this replicate and its reference run resumed" in U.replicates_table()
 
 
 def test_a_replicate_holds_the_runs_of_one_preset(tmp_path, monkeypatch):

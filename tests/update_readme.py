@@ -28,6 +28,7 @@ import math
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -401,18 +402,18 @@ def replicates_table() -> str:
                           for s, keys in counts["changed"].items())
         plural = "s" if len(commits) > 1 else ""
         same = counts["same_metrics"]
-        one = len(compared) == 1
         if not compared:
             identical = ""
-        elif one:
-            identical = f"Its metrics are {'' if same else 'not '}the reference's byte for byte. "
+        elif len(compared) == 1:
+            identical = (f"The metrics of {code_list(compared)} are {'' if same else 'not '}the reference's byte "
+                         "for byte. ")
         elif same:
-            names = ", ".join(f"`{s}`" for s in same)
-            identical = f"The metrics of {len(same)} of them ({names}) are the reference's byte for byte. "
+            identical = (f"The metrics of {len(same)} of the compared scripts ({code_list(same)}) are the reference's "
+                         "byte for byte. ")
         else:
             identical = "None of the compared scripts' metrics are the reference's byte for byte. "
         lines += [f"`{name}` (`{preset}`, {count(len(scripts), 'script')}): {'; '.join(machines)}, "
-                  f"commit{plural} {', '.join(f'`{c}`' for c in commits)}.{changed} "
+                  f"commit{plural} {code_list(commits)}.{changed} "
                   f"{replicate_times(compared, counts['compared'])}"
                   f"{identical}It repeated {counts['overall'] - len(counts['overall_differ'])} of {counts['overall']} "
                   f"overall verdicts and {counts['envs'] - len(counts['differ'])} of {counts['envs']} "
@@ -429,24 +430,38 @@ def replicates_table() -> str:
     return "\n".join(lines).rstrip()
 
 
+def whole_seconds(meta: dict) -> float | None:
+    """A run's wall time with what its resumed trainings had taken in earlier runs; None where that
+    was not recorded (the run timed only its own part)."""
+    before = earlier_seconds(meta)
+    return None if before is None else meta["wall_seconds"] + before
+
+
+def code_list(names: Iterable[str]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
+
+
 def replicate_times(metas: dict[str, dict], reference: dict[str, dict]) -> str:
     """The sentence that sets a replicate's run times beside the reference runs', over the compared
     scripts timed whole on both sides: a run that resumed trainings whose earlier time its checkpoints
     did not record timed only its own part, so the sums would compare parts with wholes."""
-    whole = lambda meta: None if earlier_seconds(meta) is None else meta["wall_seconds"] + earlier_seconds(meta)
-    timed = [s for s in reference if whole(metas[s]) is not None and whole(reference[s]) is not None]
-    untimed = [s for s in reference if s not in timed]
+    timed = [s for s in reference if whole_seconds(metas[s]) is not None and whole_seconds(reference[s]) is not None]
+    left_out = [s for s in reference if s not in timed]
     machines = sorted({reference[s].get("machine", "") for s in timed})
-    names = lambda scripts: ", ".join(f"`{s}`" for s in scripts)
     sentence = ""
     if timed:
-        which = f" timed whole ({names(timed)})" if untimed else ""
-        sentence = (f"{the(len(timed), 'compared script')}{which} took {sum(whole(metas[s]) for s in timed) / 60:.1f} "
-                    f"min, {'its reference run' if len(timed) == 1 else 'their reference runs'} "
-                    f"{sum(whole(reference[s]) for s in timed) / 60:.1f} min on {'; '.join(machines)}. ")
-    if untimed:
-        sentence += ("Left out of the times, as a run resumed trainings whose earlier time was not recorded: "
-                     f"{names(untimed)}. ")
+        which = f" timed whole ({code_list(timed)})" if left_out else ""
+        sentence = (f"{the(len(timed), 'compared script')}{which} took "
+                    f"{sum(whole_seconds(metas[s]) for s in timed) / 60:.1f} min, "
+                    f"{'its reference run' if len(timed) == 1 else 'their reference runs'} "
+                    f"{sum(whole_seconds(reference[s]) for s in timed) / 60:.1f} min on {'; '.join(machines)}. ")
+    if left_out:
+        side = lambda s: " and ".join(which for which, meta in (("its run in this replicate", metas[s]),
+                                                                  ("its reference run", reference[s]))
+                                      if whole_seconds(meta) is None)
+        sentence += ("Not timed whole, so left out of the times: "
+                     + ", ".join(f"`{s}` ({side(s)} resumed trainings whose earlier time was not recorded)"
+                                 for s in left_out) + ". ")
     return sentence
 
 
