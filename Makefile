@@ -63,6 +63,14 @@ exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_inter
 	$(README) promote --preset cpu --script $@
 	$(README)
 
+# One target per figure, named as its file: make fig05 (make fig05-long) runs, promotes and redraws the
+# script that draws it (figures/captions.json says which), as that script's own target does.
+fig%-long: setup
+	@script=$$($(README) script-of fig$*) && $(MAKE) --no-print-directory $$script-long
+
+fig%: setup
+	@script=$$($(README) script-of $@) && $(MAKE) --no-print-directory $$script
+
 RUN_CPU = for s in $(SCRIPTS); do $(PY) $$s.py --preset cpu --out results/$$s || exit 1; done
 
 figures: setup
@@ -84,6 +92,11 @@ $(LONG:%=%-long): setup
 	$(README)
 
 long: $(LONG:%=%-long)
+
+NO_LONG := $(filter-out $(LONG),$(SCRIPTS))
+$(NO_LONG:%=%-long):
+	@echo "error: $(@:-long=)'s long preset is meant for a GPU and has no make target:" \
+	  "python $(@:-long=).py --preset long" >&2; exit 2
 
 # The README's tables, numbers and figures/ from reference/ alone (no training).
 readme: setup

@@ -213,6 +213,23 @@ def test_a_replicate_compares_times_only_of_runs_timed_whole(tmp_path, monkeypat
     assert "`exp_lr_sweep` (its run in this replicate and its reference run resumed" in U.replicates_table()
 
 
+def test_a_figure_has_a_make_target_that_runs_the_script_that_draws_it():
+    import os
+
+    import update_readme as U
+
+    assert U.script_of_figure("fig05") == "exp_lr_sweep" and U.script_of_figure("fig18_forked_tandem") == "exp_tandem"
+    with pytest.raises(SystemExit, match="no figure 'fig99'"):
+        U.script_of_figure("fig99")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}  # not the outer `make test`'s flags
+    dry = lambda target: subprocess.run(["make", "-n", target], cwd=REPO, env=env, capture_output=True, text=True,
+                                        timeout=60)
+    assert "exp_lr_sweep.py --preset cpu --out results/exp_lr_sweep" in dry("fig05").stdout
+    assert "exp_tandem.py --preset long" in dry("fig18-long").stdout
+    assert dry("fig99").returncode != 0
+    assert "meant for a GPU" in dry("fig15-long").stdout  # its error, printed by the dry run
+
+
 def test_a_replicate_holds_the_runs_of_one_preset(tmp_path, monkeypatch):
     import update_readme as U
 

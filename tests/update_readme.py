@@ -6,6 +6,7 @@
 
     python tests/update_readme.py promote --preset cpu --replicate NAME
                                                          # ...into reference/replicates/NAME/<script>/ instead
+    python tests/update_readme.py script-of fig05        # the script that draws a figure (make fig05)
 
 reference/<script>/<preset>/ holds a run's metrics.csv.gz, meta.json, claims.json (and the
 activation study's hessian.npz and gram.npz); reference/replicates/<name>/<script>/ the same runs
@@ -565,9 +566,20 @@ def generate(text: str, figures: Path) -> str:
                                                  "no GPU has been lent to a session that made this reference"))
 
 
+def script_of_figure(figure: str | None) -> str:
+    """The script that draws a figure, named in full or by its number (``fig05``), as
+    figures/captions.json records it: what ``make fig05`` runs."""
+    captions = json.loads((REPO / "figures" / "captions.json").read_text())
+    scripts = {c["script"] for name, c in captions.items() if name == figure or name.split("_")[0] == figure}
+    if len(scripts) != 1:
+        sys.exit(f"error: no figure {figure!r}; the figures are {', '.join(name.split('_')[0] for name in captions)}")
+    return scripts.pop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", choices=("readme", "promote"), default="readme")
+    parser.add_argument("command", nargs="?", choices=("readme", "promote", "script-of"), default="readme")
+    parser.add_argument("figure", nargs="?", help="script-of: a figure, e.g. fig05: print the script that draws it")
     parser.add_argument("--preset", choices=PRESETS, default="cpu", help="promote: the preset the runs were made with")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="promote: where the runs are")
     parser.add_argument("--script", action="append", choices=SCRIPTS, help="promote: only this script (repeatable)")
@@ -578,6 +590,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "promote":
         promote(args.preset, args.results, tuple(args.script or SCRIPTS), args.replicate)
+        return
+    if args.command == "script-of":
+        print(script_of_figure(args.figure))
         return
     figures = REPO / "figures"
     if not args.no_figures and not args.check:
