@@ -126,9 +126,9 @@ PRESETS = {
                   eval_episodes=10, lr_min=1e-5, lr_max=1e-1, num_lrs=12, batch_size=32, target_update_period=100,
                   dataset_noise=0.1, dataset_size=50_000, large_batch_steps=20_000),
     # The paper's bsuite protocol: 1e6 gradient steps, 5 seeds, the DQN and BC sweeps (1.8e8
-    # member-steps each; 115 min together on 2 cores at ff9b928), and the batch-256 runs at 2e5 steps
-    # (the paper's ratio) on every third rate (27 min more, measured at 51fe9ae). 142 min in all on
-    # 2 cores, over the hour; the README's run-times table has the times.
+    # member-steps each) and the batch-256 runs at 2e5 steps (the paper's ratio) on every third rate.
+    # 114.5 min in one run on a 2-core AMD EPYC with AVX-512 at 5d79bf4 (142 on one with AVX2), over
+    # the hour; the README's run-times table has the times.
     "long": Config(env=BSUITE, seeds=5, num_steps=1_000_000, chunk_steps=5_000, early_chunk_steps=100,
                    eval_every=50_000, eval_episodes=10, lr_min=1e-5, lr_max=1e-1, num_lrs=12, batch_size=32,
                    target_update_period=100, dataset_noise=0.1, dataset_size=50_000, large_batch_steps=200_000),
