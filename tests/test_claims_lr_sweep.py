@@ -38,6 +38,7 @@ def srank_table(shape):
     (lambda x, s: 40 - 10 * x**2 + noise("u", x, s), "held"),  # low at both ends
     (lambda x, s: 10 + 8 * x**2 + noise("u", x, s), "not held"),  # high at both ends
     (lambda x, s: 30 + (5 if s % 2 else -5) * x**2, "inconclusive"),  # seeds disagree
+    (lambda x, s: 1.0 + 0 * x, "not testable here"),  # collapsed at every rate: no shape (the fit's sign is noise)
 ])
 def test_inverted_u(shape, expected):
     claim = run_claim(L.claim_inverted_u, srank_table(shape))
