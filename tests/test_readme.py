@@ -157,15 +157,22 @@ def test_an_overall_verdict_that_moved_is_named_when_every_environment_repeated(
     assert table.index("`zed` (`cpu`") < table.index("`slow` (`long`")  # by preset, then name
 
 
-def test_a_replicate_of_several_scripts_says_which_metrics_repeated_byte_for_byte(tmp_path, monkeypatch):
+def two_references(tmp_path, monkeypatch, verdicts: dict[str, str]):
+    """update_readme over a reference/ in tmp_path: exp_tandem's and exp_lr_sweep's `cpu` runs, made
+    on machine A."""
     import update_readme as U
 
     monkeypatch.setattr(U, "REFERENCE", tmp_path)
     monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
     monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem", "exp_lr_sweep"))
-    catch = {"bsuite/catch": "held"}
     for script in U.SCRIPTS:
-        fake_run(tmp_path / script / "cpu", catch, "machine A")
+        fake_run(tmp_path / script / "cpu", verdicts, "machine A")
+    return U
+
+
+def test_a_replicate_of_several_scripts_says_which_metrics_repeated_byte_for_byte(tmp_path, monkeypatch):
+    catch = {"bsuite/catch": "held"}
+    U = two_references(tmp_path, monkeypatch, catch)
     fake_run(tmp_path / "replicates" / "r" / "exp_tandem", catch, "B")
     fake_run(tmp_path / "replicates" / "r" / "exp_lr_sweep", catch, "B", metrics="step,metric,value\n0,srank,2.0\n")
     table = U.replicates_table()
@@ -182,14 +189,9 @@ def test_a_replicate_compares_times_only_of_runs_timed_whole(tmp_path, monkeypat
     what the trainings took before is timed whole."""
     import json
 
-    import update_readme as U
-
-    monkeypatch.setattr(U, "REFERENCE", tmp_path)
-    monkeypatch.setattr(U, "REPLICATES", tmp_path / "replicates")
-    monkeypatch.setattr(U, "SCRIPTS", ("exp_tandem", "exp_lr_sweep"))
     catch = {"bsuite/catch": "held"}
+    U = two_references(tmp_path, monkeypatch, catch)
     for script in U.SCRIPTS:
-        fake_run(tmp_path / script / "cpu", catch, "machine A")
         fake_run(tmp_path / "replicates" / "r" / script, catch, "B")
     meta = tmp_path / "replicates" / "r" / "exp_lr_sweep" / "meta.json"
     resumed = {**json.loads(meta.read_text()), "resumed": {"dqn_0": "2 of 2 chunks"}}
