@@ -457,8 +457,8 @@ def replicate_times(metas: dict[str, dict], reference: dict[str, dict]) -> str:
                     f"{'its reference run' if len(timed) == 1 else 'their reference runs'} "
                     f"{sum(whole_seconds(reference[s]) for s in timed) / 60:.1f} min on {'; '.join(machines)}. ")
     if left_out:
-        side = lambda s: " and ".join(which for which, meta in (("its run in this replicate", metas[s]),
-                                                                  ("its reference run", reference[s]))
+        side = lambda s: " and ".join(run for run, meta in (("its run in this replicate", metas[s]),
+                                                             ("its reference run", reference[s]))
                                       if whole_seconds(meta) is None)
         sentence += ("Not timed whole, so left out of the times: "
                      + ", ".join(f"`{s}` ({side(s)} resumed trainings whose earlier time was not recorded)"
