@@ -39,6 +39,12 @@ def test_relu_collapses_most(relu_end, expected):
     assert verdicts(A.claim_relu_collapses_most(m)) == [expected]
 
 
+def test_relu_collapses_below_both():
+    """ReLU below ELU but above tanh is not "ELU and tanh keep a higher rank than ReLU"."""
+    m = activation_runs(lambda a, s: {"relu": 5.0, "elu": 50.0, "tanh": 3.0}[a])
+    assert verdicts(A.claim_relu_collapses_most(m)) == ["not held"]
+
+
 @pytest.mark.parametrize("relu, expected", [
     (lambda s: 0.5, "held"), (lambda s: 0.0, "not held"), (lambda s: 0.5 if s % 2 else 0.0, "inconclusive")])
 def test_relu_dormant(relu, expected):
@@ -85,6 +91,14 @@ def test_depth_layers(slope, expected):
     assert verdicts(A.claim_depth_layers(depth_runs(slope, lambda d, s: 0.0))) == [expected]
 
 
+@pytest.mark.parametrize("slope, expected", [
+    (lambda d, s: 3.0 if d == 2 else -3.0, "not held"),  # the 2-layer network counts: its rank rises
+    (lambda d, s: 0.0 if d == 4 and s == 0 else -3.0, "inconclusive"),  # a flat profile does not fall (p = 2/32)
+])
+def test_depth_layers_every_depth(slope, expected):
+    assert verdicts(A.claim_depth_layers(depth_runs(slope, lambda d, s: 0.0))) == [expected]
+
+
 @pytest.mark.parametrize("returns, expected", [
     (lambda d, s: 100.0 / d, "held"), (lambda d, s: float(d), "not held"),
     (lambda d, s: 100.0 / d if s % 2 else float(d), "inconclusive"), (lambda d, s: 1.0, "not testable here")])
@@ -103,6 +117,17 @@ def test_hessian(relu, expected):
                 rows.append({"study": "hessian", "env": "bsuite/catch", "agent": "dqn", "activation": act, "seed": seed,
                              "relative_threshold": t, "step": 100, "metric": "hessian_near_zero", "value": share})
     assert verdicts(A.claim_hessian(metrics(rows))) == [expected]
+
+
+@pytest.mark.parametrize("num_params", [867, 10_000])  # n x eps below 1e-3, and above it
+def test_hessian_decides_at_the_numerical_zero(num_params):
+    """Only the share at n x eps decides, wherever n x eps falls among the other thresholds."""
+    numerical = A.near_zero_thresholds(num_params)[0]
+    rows = [{"study": "hessian", "env": "bsuite/catch", "agent": "dqn", "activation": act, "seed": seed,
+             "relative_threshold": t, "step": 100, "metric": "hessian_near_zero",
+             "value": (0.9 if t == numerical else 0.1) if act == "relu" else 0.5}
+            for act in ("relu", "elu") for seed in SEEDS for t in A.near_zero_thresholds(num_params)]
+    assert verdicts(A.claim_hessian(metrics(rows))) == ["held"]
 
 
 def bottleneck_runs(returns, srank):
