@@ -2788,6 +2788,21 @@ def two_sided(env: str, values: Sequence[float], margin: float, claimed: Literal
     return Evidence(env, verdict, t.mean, t.low, t.high, p_two, t.n, note)
 
 
+def every_part(env: str, parts: Mapping[str, Evidence]) -> Evidence:
+    """One environment's evidence for a claim that says several things at once ("A's rank goes up
+    while B's flat-lines"): held only when every part is held, not held when any part is not held,
+    and otherwise inconclusive, or not testable when a part is. The evidence shown is the part that
+    decides (the first not held, else the first not held-or-testable, else the one with the largest
+    p), its note naming the part, so the claim's value is always one part's statistic."""
+    named = [dataclasses.replace(e, env=env, note=f"{name}" + (f"; {e.note}" if e.note else ""))
+             for name, e in parts.items()]
+    for verdict in ("not held", "not testable here", "inconclusive"):
+        deciding = next((e for e in named if e.verdict == verdict), None)
+        if deciding is not None:
+            return deciding
+    return max(named, key=lambda e: e.p)
+
+
 def layer_width(m: "Metrics", where: Mapping) -> int:
     """Units of the probed (penultimate) layer of the runs matching ``where`` (recorded at step 0)."""
     idx = m.mask(metric="units", **where)

@@ -261,7 +261,7 @@ def weak_of(m: C.Metrics, env: str) -> tuple[float, float] | None:
 
 def stuck_in_phase_one(m: C.Metrics, where: dict) -> np.ndarray:
     """Per seed, the fraction of the learning rates whose run ends in phase 1: its srank collapsed
-    early and never rose again (a run with no early collapse is in no phase, so it is not counted)."""
+    early and never rose again (a run with no early collapse is in no phase, so it counts as not in phase 1)."""
     stuck = []
     for lr in sorted(m.values("lr", **where)):
         steps, curves = m.curves(lr=lr, metric="srank", **where)

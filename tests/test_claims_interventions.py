@@ -31,6 +31,7 @@ def design_runs(srank, ret=None):
     ((40, -10, 3, 0, 5, 2), "held"),  # tanh raises srank the most
     ((-20, -10, 3, 0, 5, 2), "not held"),  # tanh lowers it
     ((8, 9, 3, 0, 5, 2), "inconclusive"),  # the learning rate's effect is as large
+    ((40, -60, 3, 0, 5, 2), "not held"),  # the learning rate's effect is larger in size (Table 3 ranks |ATE|)
 ])
 def test_activation_largest(effects, expected):
     runs = design_runs(lambda t, i: 50 + np.dot(t, effects) + 4 * noise("a", i))

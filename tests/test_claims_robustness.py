@@ -19,7 +19,7 @@ def table(fn):
         for seed in SEEDS:
             columns = {"study": "robustness", "env": ENV, "agent": agent, "lr": lr, "seed": seed}
             values, perturbed = fn(agent, lr, seed)
-            rows += rows_for(columns, {k: (lambda t, v=v: v) for k, v in values.items()})
+            rows += rows_for(columns, {k: v if callable(v) else (lambda t, v=v: v) for k, v in values.items()})
             rows += [{**columns, "perturbation": kind, "level": level, "step": 20000, "metric": "return_perturbed",
                       "value": v} for (kind, level), v in perturbed.items()]
     return metrics(rows)
@@ -45,8 +45,17 @@ ALT = lambda hi, lo: (lambda s: hi if s % 2 else lo)
 @pytest.mark.parametrize("bc, expected", [(lambda s: 50.0, "held"), (lambda s: 5.0, "not held"),
                                           (ALT(50.0, 5.0), "inconclusive")])
 def test_bc_rank(bc, expected):
-    m = basic(lambda s: 20.0, bc, lambda s: 1.0, lambda s: 1.0)
+    """Both start at srank 50; DQN ends at 20 (collapsed: 0.4 of it), BC at 50 (kept), 5 (collapsed) or either."""
+    srank = lambda end: (lambda s: (lambda t, e=end(s): 50.0 if t == 0 else e))
+    m = basic(srank(lambda s: 20.0), srank(bc), lambda s: 1.0, lambda s: 1.0)
     assert verdicts(R.claim_bc_rank(m)) == [expected]
+
+
+def test_bc_rank_needs_dqn_to_collapse():
+    """BC ends higher than DQN, but DQN kept 0.9 of its rank: no collapse, so not the paper's contrast."""
+    srank = lambda end: (lambda s: (lambda t: 50.0 if t == 0 else end))
+    m = basic(srank(45.0), srank(55.0), lambda s: 1.0, lambda s: 1.0)
+    assert verdicts(R.claim_bc_rank(m)) == ["not held"]
 
 
 @pytest.mark.parametrize("dqn, expected", [(lambda s: 30.0, "held"), (lambda s: 5.0, "not held"),

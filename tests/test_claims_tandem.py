@@ -76,8 +76,14 @@ def test_forked_return(dqn_return, expected):
     assert verdicts(T.claim_forked_return(m)) == [expected]
 
 
-def test_forked_return_not_testable_without_any_drop():
+def test_forked_return_not_testable_without_any_change():
     assert verdicts(T.claim_forked_return(forked_table(lambda a, s: (100.0, 20.0)))) == ["not testable here"]
+
+
+def test_forked_return_needs_q_learning_to_fall():
+    """Every return rises after the fork, Q-learning's least: nothing collapsed."""
+    m = forked_table(lambda a, s: (110.0 if a == "forked_dqn" else 150.0, 20.0))
+    assert verdicts(T.claim_forked_return(m)) == ["not held"]
 
 
 @pytest.mark.parametrize("dqn_rank, expected", [(lambda s: 20.0, "held"), (lambda s: 60.0, "not held"),
@@ -85,3 +91,9 @@ def test_forked_return_not_testable_without_any_drop():
 def test_forked_rank(dqn_rank, expected):
     m = forked_table(lambda a, s: (50.0, dqn_rank(s) if a == "forked_dqn" else 40.0))
     assert verdicts(T.claim_forked_rank(m)) == [expected]
+
+
+def test_forked_rank_needs_the_others_to_rise():
+    """All three ranks fall after the fork, Q-learning's most: the others do not "go up"."""
+    m = forked_table(lambda a, s: (50.0, 5.0 if a == "forked_dqn" else 15.0))
+    assert verdicts(T.claim_forked_rank(m)) == ["not held"]

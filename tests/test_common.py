@@ -713,6 +713,17 @@ def test_seed_test_is_an_exact_sign_flip_test_with_a_student_t_interval():
     assert C.seed_test([1.0, 2.0], null=1.5).mean == 1.5
 
 
+def test_every_part_decides_by_its_weakest_part():
+    held, against = C.directional("x", [1, 2, 3, 4, 5], "greater"), C.directional("x", [1, 2, 3, 4, 5], "less")
+    mixed, untestable = C.directional("x", [1, -2, 3, -4, 5], "greater"), C.directional("x", [1.0], "greater")
+    assert C.every_part("e", {"a": held, "b": held}).verdict == "held"
+    both = C.every_part("e", {"a": held, "b": against})
+    assert (both.verdict, both.env, both.note) == ("not held", "e", "b")  # the deciding part, named
+    assert C.every_part("e", {"a": mixed, "b": against}).verdict == "not held"
+    assert C.every_part("e", {"a": held, "b": mixed}).verdict == "inconclusive"
+    assert C.every_part("e", {"a": mixed, "b": untestable}).verdict == "not testable here"
+
+
 def test_directional_and_two_sided_verdicts():
     assert C.directional("e", [1, 2, 3, 4, 5], "greater").verdict == "held"
     assert C.directional("e", [1, 2, 3, 4, 5], "less").verdict == "not held"
