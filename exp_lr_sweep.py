@@ -334,23 +334,26 @@ BATCH_MARGIN = 0.2  # "depends on the minibatch size": rho(srank, return) differ
 def claim_inverted_u(m: C.Metrics, envs: list[str]) -> C.Claim:
     evidence = []
     for env in envs:
-        where = sweep_of(m, env)
-        x = np.log10(rates(m, where))
-        x = (x - x.mean()) / x.std()
-        srank = grid(m, where, "srank")
-        # A seed whose srank ended the same at every rate (all collapsed to 1, say) has no shape: its
-        # fitted coefficient is rounding noise (2e-17), whose sign would count as a curvature.
-        curvature = [np.polyfit(x, col, 2)[0] if np.isfinite(col).all() and np.ptp(col) > 0 else np.nan
-                     for col in srank.T]
-        note = "" if np.isfinite(curvature).sum() >= 2 else "srank ended the same at every learning rate"
-        evidence.append(C.directional(env, curvature, "less", note=note))
+        srank = grid(m, sweep_of(m, env), "srank")  # (rates, seeds), the rates ascending
+        low, middle, high = (srank[part].mean(axis=0) for part in np.array_split(np.arange(len(srank)), 3))
+        # A seed whose srank ended the same at every rate (all collapsed to 1, say) has no shape to test.
+        flat = np.ptp(srank, axis=0) == 0
+        low, high = np.where(flat, np.nan, middle - low), np.where(flat, np.nan, middle - high)
+        if np.isfinite(low).sum() < 2:
+            evidence.append(C.Evidence(env, "not testable here", note="srank ended the same at every learning rate"))
+            continue
+        # Two things: low at the small rates and low at the large ones. A concave fit alone also holds for
+        # a plateau that falls at the large rates (high at the small ones).
+        evidence.append(C.every_part(env, {
+            "low at the small rates": C.directional(env, low, "greater"),
+            "low at the large rates": C.directional(env, high, "greater")}))
     return C.Claim(
         "lr_sweep.inverted_u", "Final srank is low for small and for large learning rates: its distribution over "
         "the learning rates has a Gaussian-like shape (Section 4.1, Fig. 5).",
-        "per seed, the quadratic coefficient of a least-squares fit of final srank on standardised log10(lr) (none "
-        "where srank ended the same at every rate); mean over seeds, Student-t 95% interval",
-        "held if the coefficient is < 0 (one-sided sign-flip test over seeds, p < 0.05); not held if > 0 by the "
-        "same test", tuple(evidence))
+        "per seed, with the learning rates in thirds (smallest, middle, largest): mean final srank over the middle "
+        "third minus (1) over the smallest third, (2) over the largest third (none where srank ended the same at "
+        "every rate)", "held if both > 0 (one-sided sign-flip tests, p < 0.05); not held if either < 0 by the same "
+        "test; the value shown is the deciding part's", tuple(evidence))
 
 
 def claim_srank_shift(m: C.Metrics, envs: list[str], cfg: Config) -> C.Claim:
@@ -390,13 +393,14 @@ def claim_dead_units_srank(m: C.Metrics, envs: list[str]) -> C.Claim:
     for env in envs:
         where = sweep_of(m, env)
         dead, srank, units = grid(m, where, "dead_units"), grid(m, where, "srank"), C.layer_width(m, where)
-        rhos = []
+        rhos, pairs = [], []
         for d, s in zip(dead.T, srank.T):
             keep = d <= UNITS_BOUND * units
             rhos.append(C.spearman(d[keep], s[keep]) if keep.sum() >= 4 else np.nan)
+            pairs.append((d[keep], s[keep]))
         if not np.isfinite(rhos).any():
-            evidence.append(C.Evidence(env, "not testable here", note="dead units do not vary among the runs with "
-                                       "half their units alive"))
+            evidence.append(C.Evidence(env, "not testable here", note=why_undefined(
+                pairs, ("dead units", "srank"), min_runs=4, among="among the runs with half their units alive")))
             continue
         evidence.append(C.directional(env, np.asarray(rhos), "less", null=-C.STRONG_CORRELATION))
     return C.Claim(
@@ -437,19 +441,31 @@ def claim_early_vs_late_dead(m: C.Metrics, envs: list[str]) -> C.Claim:
         if not late:
             evidence.append(C.Evidence(env, "not testable here", note="no run entered phase 3 (a late collapse)"))
             continue
-        diffs = []
+        early_dead, late_dead = [], []  # per seed, as fractions of the layer
+        units = C.layer_width(m, where)
         for seed in sorted({s for _, s in runs}):
             early = [m.at_step(p.minimum[0], lr=lr, metric="dead_units", **where)[seed]
                      for (lr, s), p in runs.items() if s == seed and p.early_collapse]
-            late_dead = [C.final_values(m, "dead_units", lr=lr, **where)[seed] for lr, s in late if s == seed]
-            diffs.append(np.mean(late_dead) - np.mean(early) if early and late_dead else np.nan)
-        evidence.append(C.directional(env, diffs, "greater", note=f"{len(late)} late collapses"))
+            late_ = [C.final_values(m, "dead_units", lr=lr, **where)[seed] for lr, s in late if s == seed]
+            both = early and late_
+            early_dead.append(np.mean(early) / units if both else np.nan)
+            late_dead.append(np.mean(late_) / units if both else np.nan)
+        early_dead, late_dead = np.asarray(early_dead), np.asarray(late_dead)
+        # Three things: few dead units in phase 1, many in phase 3 ("many": DEAD_ONSET of the layer, as in
+        # td_vs_bc), and more in phase 3 than in phase 1. The difference alone holds when both are many.
+        evidence.append(C.every_part(env, {
+            "few in phase 1": C.directional(env, early_dead, "less", null=DEAD_ONSET),
+            "many in phase 3": C.directional(env, late_dead, "greater", null=DEAD_ONSET),
+            "more in phase 3": C.directional(env, late_dead - early_dead, "greater",
+                                             note=f"{len(late)} late collapses")}))
     return C.Claim(
         "lr_sweep.early_vs_late_dead", "In phase 1 the effective rank and the number of dead units are low, so the "
         "early collapse is not caused by dead units; in phase 3 the number of dead units is high (Section 7).",
-        "per seed, the mean final dead units of its runs with a late collapse minus the mean dead units at the early "
-        "minimum of its runs with an early collapse", "held if > 0 (one-sided sign-flip test, p < 0.05); not held if "
-        "< 0", tuple(evidence))
+        "per seed, as fractions of the layer: (1) the mean dead units at the early minimum of its runs with an "
+        "early collapse; (2) the mean final dead units of its runs with a late collapse; (3) (2) minus (1)",
+        f"held if (1) < {DEAD_ONSET:g}, (2) > {DEAD_ONSET:g} and (3) > 0 (one-sided sign-flip tests, p < 0.05); "
+        "not held if any is on the other side by the same test; the value shown is the deciding part's",
+        tuple(evidence))
 
 
 def onset_index(dead: np.ndarray, srank: np.ndarray, start: np.ndarray, units: int) -> float:
@@ -506,14 +522,18 @@ def claim_selection_reversal(m: C.Metrics, envs: list[str], cfg: Config) -> C.Cl
         where = sweep_of(m, env)
         short, long = (selection_scores(m, where, step) for step in (short_step(m, where, cfg),
                                                                       int(eval_steps(m, where)[-1])))
-        edge = (long["dead units"] - long["srank"]) - (short["dead units"] - short["srank"])
-        evidence.append(C.directional(env, edge, "greater"))
+        # A reversal is two things: srank picks better early, dead units pick better at the end. Their
+        # difference of differences alone holds when dead units merely catch up (both picks perfect).
+        evidence.append(C.every_part(env, {
+            "srank better early": C.directional(env, short["srank"] - short["dead units"], "greater"),
+            "dead units better at the end": C.directional(env, long["dead units"] - long["srank"], "greater")}))
     return C.Claim(
         "lr_sweep.selection_reversal", "The number of dead units is a poor selection rule after the usual training "
         "but becomes a good one after long training, where srank has collapsed for most learning rates "
-        "(Section 10).", f"per seed: (score of picking the fewest dead units - score of picking the highest srank) "
-        f"at the end minus the same at {cfg.short_fraction:.0%} of training", "held if > 0 (one-sided sign-flip "
-        "test, p < 0.05); not held if < 0", tuple(evidence))
+        "(Section 10).", f"per seed, the score of picking the highest srank minus that of picking the fewest dead "
+        f"units: (1) at {cfg.short_fraction:.0%} of training; (2) the reverse at the end", "held if both > 0 "
+        "(one-sided sign-flip tests, p < 0.05); not held if either < 0 by the same test; the value shown is the "
+        "deciding part's", tuple(evidence))
 
 
 def claim_best_lr_falls(m: C.Metrics, envs: list[str]) -> C.Claim:
@@ -537,14 +557,32 @@ def claim_best_lr_falls(m: C.Metrics, envs: list[str]) -> C.Claim:
 def claim_rank_return(m: C.Metrics, envs: list[str]) -> C.Claim:
     evidence = []
     for env in envs:
-        rhos = rank_return_rhos(m, sweep_of(m, env))
-        note = "" if np.isfinite(rhos).sum() >= 2 else "every learning rate returned the same"
+        where = sweep_of(m, env)
+        rhos = rank_return_rhos(m, where)
+        pairs = list(zip(grid(m, where, "srank").T, grid(m, where, "return").T))
+        note = "" if np.isfinite(rhos).sum() >= 2 else why_undefined(pairs, ("srank", "the return"))
         evidence.append(C.directional(env, rhos, "greater", note=note))
     return C.Claim(
         "lr_sweep.rank_return", "With ReLU networks, a DQN agent's effective rank and its performance correlate "
         "significantly on most games (Appendix A.9, Fig. 34).", "per seed, Spearman's rho between final srank and "
         "final return over the learning rates", "held if rho > 0 (one-sided sign-flip test, p < 0.05); not held if "
         "< 0", tuple(evidence))
+
+
+def why_undefined(pairs: list[tuple[np.ndarray, np.ndarray]], names: tuple[str, str], min_runs: int = 3,
+                  among: str = "") -> str:
+    """Why a per-seed correlation over the learning rates is undefined, named by side: a collapsed srank
+    (1 at every rate) is not the same finding as a return that never changed."""
+    reasons = []
+    for x, y in pairs:
+        finite = np.isfinite(x) & np.isfinite(y)
+        x, y = x[finite], y[finite]
+        flat = next((name for name, v in zip(names, (x, y)) if len(v) and np.ptp(v) == 0), None)
+        reason = (f"fewer than {min_runs} runs" if len(x) < min_runs
+                  else f"{flat} ended the same at every learning rate" if flat else "")
+        if reason and reason not in reasons:
+            reasons.append(reason)
+    return " or ".join(reasons) + (f" {among}" if among and reasons else "")
 
 
 def claim_batch_size(m: C.Metrics, envs: list[str]) -> C.Claim:

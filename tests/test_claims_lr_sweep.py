@@ -39,6 +39,7 @@ def srank_table(shape):
     (lambda x, s: 10 + 8 * x**2 + noise("u", x, s), "not held"),  # high at both ends
     (lambda x, s: 30 + (5 if s % 2 else -5) * x**2, "inconclusive"),  # seeds disagree
     (lambda x, s: 1.0 + 0 * x, "not testable here"),  # collapsed at every rate: no shape (the fit's sign is noise)
+    (lambda x, s: 60 - 30 * max(x, 0) ** 2 + noise("u", x, s), "not held"),  # a plateau that falls: high at small rates
 ])
 def test_inverted_u(shape, expected):
     claim = run_claim(L.claim_inverted_u, srank_table(shape))
@@ -158,6 +159,7 @@ def three_phases(dead_early, dead_late, late=True):
     (three_phases(2.0, 50.0), "held"),
     (three_phases(50.0, 2.0), "not held"),
     (three_phases(2.0, 50.0, late=False), "not testable here"),
+    (three_phases(40.0, 60.0), "not held"),  # more in phase 3, but many in phase 1 already
 ])
 def test_early_vs_late_dead(fn, expected):
     assert verdicts(run_claim(L.claim_early_vs_late_dead, sweep(fn))) == [expected]
@@ -186,14 +188,16 @@ def test_td_vs_bc(dqn, bc, expected):
 
 # ---- offline policy selection --------------------------------------------------------------------
 
-def selection_table(srank_good_early: bool, srank_good_late: bool, equal_returns=False):
+def selection_table(srank_good_early: bool, srank_good_late: bool, equal_returns=False, dead_good_late=None):
+    """dead units pick well where srank does not, unless dead_good_late says otherwise at the end."""
+    dead_good_late = not srank_good_late if dead_good_late is None else dead_good_late
     def fn(i, seed, **_):
         ret = const(0.0) if equal_returns else const(float(i))  # the largest learning rate is best
         def srank(t):
             good = srank_good_early if t <= 4000 else srank_good_late
             return float(i if good else 11 - i) + 1
         def dead(t):
-            good = not srank_good_early if t <= 4000 else not srank_good_late
+            good = not srank_good_early if t <= 4000 else dead_good_late
             return float(11 - i if good else i)
         return {"srank": srank, "dead_units": dead, "return": ret}
     return sweep(fn)
@@ -212,6 +216,7 @@ def test_selection(table, expected):
     (selection_table(True, False), "held"),  # srank good early, dead units good late
     (selection_table(False, True), "not held"),
     (selection_table(True, True, equal_returns=True), "not testable here"),
+    (selection_table(True, True, dead_good_late=True), "inconclusive"),  # dead units only catch up: a tie
 ])
 def test_selection_reversal(table, expected):
     assert verdicts(run_claim(L.claim_selection_reversal, table, CFG)) == [expected]
