@@ -76,8 +76,8 @@ def promote(preset: str, results: Path, scripts: tuple[str, ...] = SCRIPTS, repl
 
 # Floats of a recomputed claim agree with the committed ones to this relative precision, not bit for
 # bit: a least-squares fit (LAPACK) or a numpy reduction sums in another order on another CPU's
-# instruction set (lr_sweep.inverted_u's fit differs in its 15th digit between an AVX-512 and an
-# AVX2 machine). A changed statistic or rule moves a value far more than this.
+# instruction set (lr_sweep.inverted_u's parabola fit, until 0c1bc73, differed in its 15th digit
+# between an AVX-512 and an AVX2 machine). A changed statistic or rule moves a value far more than this.
 CLAIM_FLOAT_RTOL = 1e-9
 
 
