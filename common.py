@@ -2791,9 +2791,9 @@ def two_sided(env: str, values: Sequence[float], margin: float, claimed: Literal
 def every_part(env: str, parts: Mapping[str, Evidence]) -> Evidence:
     """One environment's evidence for a claim that says several things at once ("A's rank goes up
     while B's flat-lines"): held only when every part is held, not held when any part is not held,
-    and otherwise inconclusive, or not testable when a part is. The evidence shown is the part that
-    decides (the first not held, else the first not held-or-testable, else the one with the largest
-    p), its note naming the part, so the claim's value is always one part's statistic."""
+    and otherwise not testable when a part is, else inconclusive. The evidence shown is the part that
+    decides (the first not held, else the first not testable, else the first inconclusive, else the
+    held part with the largest p), its note naming the part, so the value is one part's statistic."""
     named = [dataclasses.replace(e, env=env, note=f"{name}" + (f"; {e.note}" if e.note else ""))
              for name, e in parts.items()]
     for verdict in ("not held", "not testable here", "inconclusive"):

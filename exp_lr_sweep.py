@@ -335,18 +335,18 @@ def claim_inverted_u(m: C.Metrics, envs: list[str]) -> C.Claim:
     evidence = []
     for env in envs:
         srank = grid(m, sweep_of(m, env), "srank")  # (rates, seeds), the rates ascending
-        low, middle, high = (srank[part].mean(axis=0) for part in np.array_split(np.arange(len(srank)), 3))
+        small, middle, large = (srank[part].mean(axis=0) for part in np.array_split(np.arange(len(srank)), 3))
         # A seed whose srank ended the same at every rate (all collapsed to 1, say) has no shape to test.
         flat = np.ptp(srank, axis=0) == 0
-        low, high = np.where(flat, np.nan, middle - low), np.where(flat, np.nan, middle - high)
-        if np.isfinite(low).sum() < 2:
+        above_small, above_large = np.where(flat, np.nan, middle - small), np.where(flat, np.nan, middle - large)
+        if np.isfinite(above_small).sum() < 2:
             evidence.append(C.Evidence(env, "not testable here", note="srank ended the same at every learning rate"))
             continue
         # Two things: low at the small rates and low at the large ones. A concave fit alone also holds for
         # a plateau that falls at the large rates (high at the small ones).
         evidence.append(C.every_part(env, {
-            "low at the small rates": C.directional(env, low, "greater"),
-            "low at the large rates": C.directional(env, high, "greater")}))
+            "low at the small rates": C.directional(env, above_small, "greater"),
+            "low at the large rates": C.directional(env, above_large, "greater")}))
     return C.Claim(
         "lr_sweep.inverted_u", "Final srank is low for small and for large learning rates: its distribution over "
         "the learning rates has a Gaussian-like shape (Section 4.1, Fig. 5).",
@@ -446,10 +446,10 @@ def claim_early_vs_late_dead(m: C.Metrics, envs: list[str]) -> C.Claim:
         for seed in sorted({s for _, s in runs}):
             early = [m.at_step(p.minimum[0], lr=lr, metric="dead_units", **where)[seed]
                      for (lr, s), p in runs.items() if s == seed and p.early_collapse]
-            late_ = [C.final_values(m, "dead_units", lr=lr, **where)[seed] for lr, s in late if s == seed]
-            both = early and late_
+            final = [C.final_values(m, "dead_units", lr=lr, **where)[seed] for lr, s in late if s == seed]
+            both = early and final
             early_dead.append(np.mean(early) / units if both else np.nan)
-            late_dead.append(np.mean(late_) / units if both else np.nan)
+            late_dead.append(np.mean(final) / units if both else np.nan)
         early_dead, late_dead = np.asarray(early_dead), np.asarray(late_dead)
         # Three things: few dead units in phase 1, many in phase 3 ("many": DEAD_ONSET of the layer, as in
         # td_vs_bc), and more in phase 3 than in phase 1. The difference alone holds when both are many.
