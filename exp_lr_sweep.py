@@ -295,7 +295,7 @@ def phases(m: C.Metrics, where: dict) -> dict[tuple[float, int], C.Phases]:
     out = {}
     for lr in rates(m, where):
         steps, curves = m.curves(lr=lr, metric="srank", **where)
-        for seed, curve in zip(m.values("seed", lr=lr, metric="srank", **where), curves):
+        for seed, curve in zip(sorted(m.values("seed", lr=lr, metric="srank", **where)), curves):  # curves' order
             if np.isfinite(curve).all():
                 out[lr, seed] = C.detect_phases(steps, curve)
     return out
@@ -444,9 +444,9 @@ def claim_early_vs_late_dead(m: C.Metrics, envs: list[str]) -> C.Claim:
         early_dead, late_dead = [], []  # per seed, as fractions of the layer
         units = C.layer_width(m, where)
         for seed in sorted({s for _, s in runs}):
-            early = [m.at_step(p.minimum[0], lr=lr, metric="dead_units", **where)[seed]
+            early = [m.at_step(p.minimum[0], lr=lr, seed=seed, metric="dead_units", **where)[0]
                      for (lr, s), p in runs.items() if s == seed and p.early_collapse]
-            final = [C.final_values(m, "dead_units", lr=lr, **where)[seed] for lr, s in late if s == seed]
+            final = [C.final_values(m, "dead_units", lr=lr, seed=seed, **where)[0] for lr, s in late if s == seed]
             both = early and final
             early_dead.append(np.mean(early) / units if both else np.nan)
             late_dead.append(np.mean(final) / units if both else np.nan)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -34,16 +34,16 @@ def noise(*key) -> float:
 LRS = [float(x) for x in np.geomspace(1e-5, 1e-1, 12)]
 
 
-def sweep(fn: Callable[..., dict[str, float]], *, envs=("bsuite/catch",), seeds: int = 5, agents=("dqn",),
-          batch_sizes=(32,), lrs=LRS, study: str = "lr_sweep", units: int = 64) -> C.Metrics:
+def sweep(fn: Callable[..., dict[str, float]], *, envs=("bsuite/catch",), seeds: int | Sequence[int] = 5,
+          agents=("dqn",), batch_sizes=(32,), lrs=LRS, study: str = "lr_sweep", units: int = 64) -> C.Metrics:
     """A learning-rate sweep: ``fn(agent=, batch=, i=, lr=, seed=, step=)`` gives each run's metrics
-    (i: the learning rate's index)."""
+    (i: the learning rate's index). ``seeds``: how many (0, 1, ...), or the seeds in the order they are written."""
     rows = []
     for env in envs:
         for agent in agents:
             for batch in batch_sizes:
                 for i, lr in enumerate(lrs):
-                    for seed in range(seeds):
+                    for seed in range(seeds) if isinstance(seeds, int) else seeds:
                         columns = {"study": study, "env": env, "agent": agent, "seed": seed, "lr": lr,
                                    "batch_size": batch}
                         values = fn(agent=agent, batch=batch, i=i, lr=lr, seed=seed)

@@ -165,6 +165,14 @@ def test_early_vs_late_dead(fn, expected):
     assert verdicts(run_claim(L.claim_early_vs_late_dead, sweep(fn))) == [expected]
 
 
+def test_phases_are_keyed_by_seed_whatever_the_order_written():
+    """Seed 4 never collapses late; the table lists the seeds from 4 down to 0."""
+    late, never = three_phases(2.0, 50.0), three_phases(2.0, 50.0, late=False)
+    table = sweep(lambda i, seed, **kw: (never if seed == 4 else late)(i, seed), seeds=(4, 3, 2, 1, 0))
+    runs = L.phases(table, L.sweep_of(table, "bsuite/catch"))
+    assert [runs[LRS[0], s].late_collapse for s in range(5)] == [True, True, True, True, False]
+
+
 # ---- TD against BC -------------------------------------------------------------------------------
 
 def onset_table(dqn_onset, bc_onset):
