@@ -17,13 +17,11 @@ export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
 SCRIPTS := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_robustness exp_interventions
-# The bsuite studies whose `long` preset runs on a 2-core CPU (measured on an AMD EPYC with AVX2:
-# activation 128 min at 3ffd27d
-# with its depth and bottleneck studies and 17 for its LSTM study at 1e8f734 (resuming the others);
-# on an AMD EPYC with AVX-512: lr_sweep 114.5 at 5d79bf4, tandem 41.1 at f4c395e, exp_interventions'
+# The bsuite studies whose `long` preset runs on a 2-core CPU (measured on an AMD EPYC with AVX-512:
+# activation 119.2 min at c70ddf0, lr_sweep 114.5 at 5d79bf4, tandem 41.1 at f4c395e, exp_interventions'
 # memory-task study alone 57.6 at f4c395e, and exp_dataset_size's data-quality study alone 53.7 at
-# 500ca6d; the README's run-times table has the
-# current figures); the MinAtar studies' `long` presets are meant for a GPU:
+# 500ca6d; the README's run-times table has the current figures); the MinAtar studies' `long` presets
+# are meant for a GPU:
 # python exp_robustness.py --preset long
 LONG    := exp_lr_sweep exp_dataset_size exp_activation exp_tandem exp_interventions
 LONG_ARGS_exp_dataset_size := --studies quality

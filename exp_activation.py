@@ -166,10 +166,11 @@ PRESETS = {
     # The paper's length and 5 seeds: 1e6 gradient steps for the four feed-forward sub-studies, whose
     # claims are about the end of long training (the ReLU collapse, dead and sparse units; the Hessian
     # spectrum, after 9e5 steps as in Appendix A.2; the deep and the narrow networks' collapse and poor
-    # returns): 128 minutes on 2 cores at 3ffd27d. The paper trains its DeepMind Lab LSTM for 2e4 steps
-    # (Appendix A.12); the LSTM study trains 1e5, the fewest that fit 20 evaluations at 5,000-step
-    # chunks (its scan over 11 observations makes a step about 20 times a 2x64 MLP's): 17 minutes more
-    # at 1e8f734. The README's run-times table has the current figures.
+    # returns). The paper trains its DeepMind Lab LSTM for 2e4 steps (Appendix A.12); the LSTM study
+    # trains 1e5, the fewest that fit 20 evaluations at 5,000-step chunks (its scan over 11 observations
+    # makes a step about 20 times a 2x64 MLP's). 119 minutes on a 2-core AVX-512 EPYC at c70ddf0: depth
+    # 51, bottleneck 32, activation 22, LSTM 12, Hessian 2 (meta.json trainings). The README's
+    # run-times table has the current figures.
     "long": Config(env=BSUITE, seeds=5, num_steps=1_000_000, depth_steps=1_000_000, bottleneck_steps=1_000_000,
                    recurrent_steps=100_000, hessian_steps=900_000, chunk_steps=5_000, early_chunk_steps=500,
                    num_evals=20, eval_episodes=10, dataset_size=50_000),
