@@ -38,6 +38,12 @@ def test_activation_largest(effects, expected):
     assert verdicts(E.claim_activation_largest(runs, CFG)) == [expected]
 
 
+def test_activation_largest_not_testable_when_an_effect_is_undefined():
+    """Every run with the second intervention diverged: its effect cannot be estimated, so it cannot be out-ranked."""
+    runs = design_runs(lambda t, i: np.nan if t[1] else 50 + 40 * t[0] + 4 * noise("a", i))
+    assert verdicts(E.claim_activation_largest(runs, CFG)) == ["not testable here"]
+
+
 @pytest.mark.parametrize("slope, expected", [(1.0, "held"), (-1.0, "not held"), (0.0, "inconclusive")])
 def test_relu_threshold(slope, expected):
     # Among the ReLU runs, return follows srank by ``slope`` (with noise); tanh runs are noise.
